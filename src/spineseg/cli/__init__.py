@@ -1,0 +1,1 @@
+"""Command-line shells. Each subcommand is a thin wrapper over a typed library function."""
