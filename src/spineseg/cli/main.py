@@ -22,9 +22,7 @@ from spineseg.errors import EXIT_INTERRUPTED, SpinesegError
 
 # Each module defines ``register(subparsers)`` which adds one subcommand whose parser has
 # ``func(args) -> int`` set as default. A command is listed here only once it works.
-COMMANDS: tuple[str, ...] = (
-    "info",
-)
+COMMANDS: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+    except Exception as exc:  # the last line of defence: never a raw traceback
         if args.debug:
             traceback.print_exc()
         print(f"error: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
