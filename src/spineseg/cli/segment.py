@@ -1,0 +1,112 @@
+"""``spineseg segment``: CT (file, DICOM folder, or folder of cases) → mask, mesh, preview, stats."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from spineseg.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment the spine in a CT (file, DICOM folder or cohort)",
+                       description="Segment the spine: writes spine.nii.gz in the input's "
+                       "geometry, a mesh, preview.png and stats.json per case.")
+    p.add_argument("input", type=Path, help="CT file (NIfTI/NRRD/MHA), DICOM series folder, "
+                   "or a folder of such cases")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped model)")
+    p.add_argument("--mesh", choices=["stl", "obj", "ply", "none"], default="stl")
+    p.add_argument("--mesh-space", choices=["lps", "ras"], default="lps",
+                   help="mesh coordinates (3D Slicer assumes LPS for STL/OBJ)")
+    p.add_argument("--max-faces", type=int, default=200_000, help="mesh face budget")
+    p.add_argument("--probabilities", action="store_true", help="also write spine_prob.nii.gz")
+    p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="keep every thresholded voxel (no island removal)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.add_argument("--series", default=None, help="DICOM SeriesInstanceUID to use")
+    p.add_argument("--shard", default="0/1", help="I/N: process every N-th case from I (0-based)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA GPU is available")
+    return name
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError as exc:
+        raise InputError(f"invalid --shard {text!r}: expected I/N, e.g. 0/4") from exc
+    return i, n
+
+
+def run(args: argparse.Namespace) -> int:
+    from spineseg.inference.batch import is_dicom_folder, segment_batch
+    from spineseg.inference.model_file import load_segmentation_model
+    from spineseg.inference.outputs import OutputConfig, check_outputs, write_case_outputs
+    from spineseg.inference.pipeline import SegmentConfig, segment
+    from spineseg.inference.postprocess import PostprocessConfig
+    from spineseg.inference.predict import PredictConfig
+    from spineseg.reconstruction import MeshConfig
+
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    src: Path = args.input
+    if not src.exists():
+        raise InputError(f"{src}: no such file or folder")
+    mesh_fmt = None if args.mesh == "none" else args.mesh
+    ocfg = OutputConfig(mesh_format=mesh_fmt, probabilities=args.probabilities,
+                        preview=not args.no_preview, overwrite=args.overwrite)
+    batch = src.is_dir() and not is_dicom_folder(src)
+    shard = _shard(args.shard)
+    if not batch:
+        check_outputs(args.output, ocfg, [src])
+    device = _device(args.device)
+    model = load_segmentation_model(args.model, device=device)
+    cfg = SegmentConfig(
+        device=device,
+        series_uid=args.series,
+        predict=PredictConfig(batch_size=args.batch_size, progress=not args.quiet),
+        postprocess=PostprocessConfig(enabled=not args.no_postprocess),
+        mesh=MeshConfig(space=args.mesh_space, max_faces=args.max_faces) if mesh_fmt else None,
+        keep_probabilities=args.probabilities,
+    )
+    if not batch:
+        res = segment(src, model, cfg)
+        written = write_case_outputs(res, args.output, ocfg)
+        s = res.stats
+        print(f"spine: {s['spine_volume_ml']:.1f} mL over {s['craniocaudal_extent_mm']:.0f} mm "
+              f"({s['slices_with_spine']} slices) in {s['runtime_s']['total_s']:.1f} s")
+        for path in written:
+            print(f"wrote {path}")
+        return 0
+
+    bar = tqdm(desc="cases", unit="case", disable=args.quiet, file=sys.stderr)
+
+    def report(outcome) -> None:  # type: ignore[no-untyped-def]
+        bar.update(1)
+        if outcome.status == "failed":
+            tqdm.write(f"failed: {outcome.case}: {outcome.message}", file=sys.stderr)
+
+    try:
+        result = segment_batch(src, args.output, model, cfg, ocfg, shard, on_case=report)
+    finally:
+        bar.close()
+    done = sum(o.status == "done" for o in result.outcomes)
+    skipped = sum(o.status == "skipped" for o in result.outcomes)
+    print(f"{done} segmented, {skipped} skipped (already done); summary: {result.summary_path}")
+    return 0
