@@ -20,3 +20,25 @@ def test_console_script_runs():
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert "spineseg" in proc.stdout
+
+
+def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
+    import os
+
+    import pytest
+
+    from spineseg.errors import OutputError
+    from spineseg.io import atomic_path, write_text_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_text_atomic(tmp_path / "a.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(OutputError, match="exists"):
+        write_text_atomic(path, "x")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert path.read_text() == "{}"

@@ -52,10 +52,18 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
         yield tmp
         if not overwrite and target.exists():
             raise OutputError(f"{target}: appeared while writing (use --overwrite to replace it)")
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, overwrite: bool = False) -> Path:
