@@ -1,0 +1,139 @@
+"""``spineseg train``: train a network on a prepared dataset (thin shell over ``train()``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from spineseg.errors import EXIT_INTERRUPTED, InputError
+from spineseg.models import list_models
+from spineseg.training.config import (
+    DEVICES,
+    LOSSES,
+    RESUMABLE_OVERRIDES,
+    TrainConfig,
+    read_train_config,
+)
+from spineseg.training.trainer import LAST_FILE, train
+
+# CLI flag -> TrainConfig field, for flags that map one to one.
+_FIELDS: dict[str, str] = {
+    "data": "data", "model": "model", "loss": "loss", "output": "out", "epochs": "epochs",
+    "batch_size": "batch_size", "lr": "lr", "patch": "patch_size",
+    "foreground_fraction": "foreground_fraction", "patience": "patience", "workers": "workers",
+    "seed": "seed", "device": "device", "max_steps_per_epoch": "max_steps_per_epoch",
+    "augment": "augment",
+}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a segmentation network on a prepared dataset",
+        description="Train on the train split, validate on whole val slices every epoch, write "
+                    "RUN/{config.json, metrics.csv, curves.png, last.pt, best.pt}. Paper defaults: "
+                    "Adam lr 1e-3, batch 16, reduce-on-plateau, early stopping. Under torchrun "
+                    "with several processes: data-parallel (DDP). Ctrl-C/SIGTERM keeps the last "
+                    "completed epoch in last.pt; continue with --resume RUN.",
+    )
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--data", metavar="DATASET", help="prepared dataset folder (spineseg prepare)")
+    p.add_argument("--model", choices=list_models(), help=f"network (default {d['model'].default})")
+    p.add_argument("--loss", choices=LOSSES, help=f"loss (default {d['loss'].default})")
+    p.add_argument("-o", "--output", metavar="RUN", help="run folder to create")
+    p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d['epochs'].default})")
+    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--lr", type=float, help="initial Adam learning rate (default 1e-3)")
+    p.add_argument("--patch", type=int, help="square training patch side (default 256)")
+    p.add_argument("--width", type=int, help="base_width of the network")
+    p.add_argument("--depth", type=int, help="down-sampling stages of the network")
+    p.add_argument("--model-config", metavar="JSON",
+                   help="network config as a JSON object or a path to a JSON file")
+    p.add_argument("--foreground-fraction", type=float,
+                   help="share of patches centred on spine (default 0.5)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping: epochs without better val DSC (default 20, 0 = off)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default auto)")
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue RUN from its last.pt with its own settings "
+                        "(only --epochs, --patience, --device, --workers may be given)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="training augmentation (default on)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=run)
+
+
+def _model_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.model_config is None and args.width is None and args.depth is None:
+        return None
+    config: dict[str, Any] = {}
+    if args.model_config is not None:
+        text = args.model_config
+        if not text.lstrip().startswith("{"):
+            try:
+                text = Path(text).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"--model-config {text}: not a JSON object or readable file "
+                                 f"({exc.strerror})") from exc
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"--model-config: invalid JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise InputError("--model-config must be a JSON object")
+    if args.width is not None:
+        config["base_width"] = args.width
+    if args.depth is not None:
+        config["depth"] = args.depth
+    return config
+
+
+def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """The TrainConfig the flags describe, and whether this is a resume."""
+    given = {field: getattr(args, flag) for flag, field in _FIELDS.items()
+             if getattr(args, flag) is not None}
+    model_config = _model_config(args)
+    if model_config is not None:
+        given["model_config"] = model_config
+    if args.overwrite:
+        given["overwrite"] = True
+    if args.resume is not None:
+        extra = sorted(set(given) - RESUMABLE_OVERRIDES)
+        if extra:
+            raise InputError(f"--resume continues with the run's own settings; these cannot be "
+                             f"given: {', '.join(extra)}")
+        saved = read_train_config(args.resume)
+        merged = {**saved.to_dict(), **given, "out": str(args.resume)}
+        return TrainConfig.from_dict(merged), True
+    if "data" not in given or "out" not in given:
+        raise InputError("--data and -o/--output are required (or --resume RUN)")
+    return TrainConfig(**given), False
+
+
+def run(args: argparse.Namespace) -> int:
+    config, resume = build_config(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        result = train(config, resume=resume, progress=True)
+    except KeyboardInterrupt:
+        if main_rank:
+            print(f"error: interrupted; {Path(config.out) / LAST_FILE} holds the last completed "
+                  f"epoch (the interrupted one is discarded). Continue with: "
+                  f"spineseg train --resume {config.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if main_rank:
+        how = "stopped early" if result.stopped_early else "finished"
+        print(f"{how} after {result.epochs_completed} epoch(s); best validation DSC "
+              f"{result.best_val_dice:.4f} at epoch {result.best_epoch}")
+        print(f"run folder: {result.run_dir} (best.pt, last.pt, metrics.csv, curves.png)")
+    return 0
+
+
+__all__ = ["build_config", "register", "run"]

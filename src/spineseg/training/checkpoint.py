@@ -1,0 +1,121 @@
+"""Training checkpoints: tensors and JSON-able metadata only, loaded with ``weights_only=True``.
+
+A ``.pt`` file is a pickle; an ordinary ``torch.load`` of a file from elsewhere can execute
+arbitrary code. Everything saved here is a tensor, number, string, list or dict (random-number
+states included, converted to tensors/lists), so :func:`load_checkpoint` can insist on
+``weights_only=True`` and refuse anything else.
+
+The keys ``model_name``, ``model_config``, ``preprocessing``, ``threshold`` and ``state_dict``
+are the same as in a deployable model file (``spineseg.inference.model_file``), so ``best.pt``
+can be passed to ``spineseg segment --model`` directly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spineseg import __version__
+from spineseg.errors import ModelError
+from spineseg.io import write_bytes_atomic
+
+CHECKPOINT_FORMAT = "spineseg-checkpoint/1"
+REQUIRED_KEYS: tuple[str, ...] = (
+    "format", "model_name", "model_config", "preprocessing", "state_dict", "train_config",
+    "epoch", "best_metric", "best_epoch", "optimizer", "scheduler", "rng", "history",
+    "software_version",
+)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) RNG states as tensors and plain lists."""
+    # The legacy global numpy RNG is what third-party code draws from; it is saved, not used.
+    np_state = np.random.get_state()  # noqa: NPY002
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": int(py_state[0]), "state": list(py_state[1])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    legacy = ("MT19937", n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+              float(n["cached_gaussian"]))
+    np.random.set_state(legacy)  # noqa: NPY002
+    p = state["python"]
+    random.setstate((int(p["version"]), tuple(int(v) for v in p["state"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically (replacing an older checkpoint of the same name).
+
+    The payload is checked to be loadable with ``weights_only=True`` *before* it is written, so a
+    file that :func:`load_checkpoint` would refuse can never be produced.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise ModelError(f"checkpoint payload lacks {', '.join(missing)}")
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"checkpoint payload holds a non-tensor object ({exc})") from exc
+    return write_bytes_atomic(path, data, overwrite=True)
+
+
+def load_checkpoint(path: str | os.PathLike[str],
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint safely and check its keys.
+
+    Raises :class:`ModelError` for a missing or unreadable file, for one that holds arbitrary
+    Python objects (refused by ``weights_only=True``) and for a dict without the checkpoint keys.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: checkpoint not found")
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{p}: refusing to load: not a pure-weights checkpoint (it holds Python "
+                         "objects that could run code when unpickled, or is corrupt)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict):
+        raise ModelError(f"{p}: not a spineseg checkpoint (top level is not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise ModelError(f"{p}: not a spineseg training checkpoint (missing {', '.join(missing)})")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise ModelError(f"{p}: unsupported checkpoint format {payload['format']!r}")
+    if not isinstance(payload["state_dict"], dict) or not all(
+            isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
+        raise ModelError(f"{p}: state_dict is not a mapping of tensors")
+    return payload
+
+
+def software_version() -> str:
+    return f"spineseg {__version__}, torch {torch.__version__}"

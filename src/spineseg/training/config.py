@@ -1,0 +1,113 @@
+"""The training configuration: one dataclass, saved as ``RUN/config.json`` and in every checkpoint.
+
+Defaults follow the paper (Adam, lr 1e-3, batch 16, reduce-on-plateau on the validation loss,
+train until convergence = early stopping on validation Dice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spineseg.errors import DataError, InputError
+
+LOSSES: tuple[str, ...] = ("dice", "bce", "focal", "dicebce")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+CONFIG_FILE = "config.json"
+
+# Fields that may differ when a run is resumed: they change how long or where it runs, never
+# what a completed epoch computes.
+RESUMABLE_OVERRIDES: frozenset[str] = frozenset(
+    {"out", "epochs", "patience", "device", "workers", "overwrite"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (``spineseg train`` maps its flags onto this)."""
+
+    data: str
+    out: str
+    model: str = "msrunet"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    loss: str = "dicebce"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    patch_size: int = 256
+    foreground_fraction: float = 0.5
+    # Early stopping: stop after this many epochs without a better validation Dice (0 = never).
+    patience: int = 20
+    # ReduceLROnPlateau on the validation loss (the paper's "adaptive" learning-rate decay).
+    lr_patience: int = 5
+    lr_factor: float = 0.5
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: int | None = None
+    val_batch_size: int = 16
+    augment: bool = True
+    amp: bool = True  # mixed precision; only ever used on CUDA
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` on a value no run could use."""
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.device not in DEVICES:
+            raise InputError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        for name in ("epochs", "batch_size", "patch_size", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "lr_patience", "workers"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise InputError(f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+        if not self.lr > 0 or not 0 < self.lr_factor < 1 or self.min_lr < 0:
+            raise InputError("need lr > 0, 0 < lr_factor < 1 and min_lr >= 0")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if not isinstance(self.model_config, dict):
+            raise InputError("model_config must be a JSON object")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise DataError(f"unknown training config key(s) {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise DataError(f"malformed training config: {exc}") from exc
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Names of fields that differ, except those a resume may change."""
+        a, b = self.to_dict(), other.to_dict()
+        return sorted(k for k in a if k not in RESUMABLE_OVERRIDES and a[k] != b[k])
+
+
+def read_train_config(run_dir: str | Path) -> TrainConfig:
+    """The config of an existing run (``RUN/config.json``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"{run_dir}: no {CONFIG_FILE} (not a training run folder)") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable training config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a JSON object")
+    return TrainConfig.from_dict(data)

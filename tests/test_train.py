@@ -1,0 +1,215 @@
+"""Training: artefacts, falling loss, exact resume, interruption, refusal to clobber, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spineseg.cli.main import main
+from spineseg.data.manifest import CaseEntry, Manifest, case_dir, sha256_file, write_manifest
+from spineseg.data.preprocess import Preprocessing
+from spineseg.errors import InputError, OutputError
+from spineseg.training import trainer as trainer_mod
+from spineseg.training.checkpoint import load_checkpoint
+from spineseg.training.config import TrainConfig, read_train_config
+from spineseg.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_dataset(root: Path, splits=("train", "train", "train", "val", "test"),
+                       shape=(6, 40, 40), seed: int = 0) -> Path:
+    """A prepared dataset in the documented DATASET format: a body ellipse (40 HU) with a bright
+    vertebral-body disk (~540 HU) as the spine label on the middle slices."""
+    rng = np.random.default_rng(seed)
+    manifest = Manifest(preprocessing=Preprocessing().to_dict(), layout="synthetic")
+    z, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    for i, split in enumerate(splits):
+        cid = f"case{i}"
+        cy, cx = h * 0.6 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
+        body = ((yy - h / 2) / (h * 0.45)) ** 2 + ((xx - w / 2) / (w * 0.45)) ** 2 < 1
+        hu = np.repeat(np.where(body, 40.0, -1000.0)[None], z, axis=0)
+        mask = np.zeros(shape, np.uint8)
+        for k in range(1, z - 1):
+            r = 4 + rng.uniform(0, 2)
+            mask[k][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+        hu = hu + 500.0 * mask + rng.normal(0, 20, shape)
+        d = case_dir(root, cid)
+        d.mkdir(parents=True)
+        np.save(d / "image.npy", hu.astype(np.int16))
+        np.save(d / "mask.npy", mask)
+        fg = [int(k) for k in np.flatnonzero(mask.any(axis=(1, 2)))]
+        (d / "meta.json").write_text(json.dumps({"spacing": [1.0, 1.0, 2.5],
+                                                 "foreground_slices": fg}))
+        manifest.cases[cid] = CaseEntry(
+            split=split, kind="phantom", patient=cid, source="synthetic", shape=list(shape),
+            spacing=[1.0, 1.0, 2.5], slices=z, fg_slices=len(fg),
+            image_sha256=sha256_file(d / "image.npy"), mask_sha256=sha256_file(d / "mask.npy"))
+        manifest.splits[split].append(cid)
+    write_manifest(root, manifest)
+    return root
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="unet",
+                model_config={"base_width": 4, "depth": 2}, loss="dicebce", epochs=2,
+                batch_size=4, lr=1e-2, patch_size=32, max_steps_per_epoch=4, device="cpu",
+                augment=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_two_epochs_lower_the_loss_and_write_every_artefact(dataset, tmp_path) -> None:
+    run = tmp_path / "run"
+    result = train(tiny_config(dataset, run))
+    assert result.epochs_completed == 2 and len(result.history) == 2
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    for name in ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"}
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_train_config(run) == tiny_config(dataset, run)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["model_name"] == "unet"
+    assert ckpt["model_config"]["base_width"] == 4
+    assert ckpt["preprocessing"] == Preprocessing().to_dict()
+    best = load_checkpoint(run / "best.pt")
+    assert best["best_metric"] == max(r["val_dice"] for r in result.history)
+    with pytest.raises(OutputError):
+        train(tiny_config(dataset, run))  # never clobber a run without overwrite
+
+
+def test_resume_is_exact(dataset, tmp_path) -> None:
+    cfg = dict(model="msrunet", model_config={"base_width": 8, "depth": 2}, loss="dice",
+               augment=True, max_steps_per_epoch=2)
+    train(tiny_config(dataset, tmp_path / "once", epochs=4, **cfg))
+    train(tiny_config(dataset, tmp_path / "twice", epochs=2, **cfg))
+    half = load_checkpoint(tmp_path / "twice" / "last.pt")["state_dict"]
+    resumed = train(tiny_config(dataset, tmp_path / "twice", epochs=4, **cfg), resume=True)
+    assert resumed.epochs_completed == 4
+    assert _same_weights(tmp_path / "once" / "last.pt", tmp_path / "twice" / "last.pt")
+    final = load_checkpoint(tmp_path / "twice" / "last.pt")["state_dict"]
+    assert not all(torch.equal(half[k], final[k]) for k in half)  # it did train further
+    with pytest.raises(InputError, match="lr"):
+        train(tiny_config(dataset, tmp_path / "twice", epochs=5, lr=0.5, **cfg), resume=True)
+
+
+def test_cli_train_interrupt_then_resume_matches_one_go(dataset, tmp_path, monkeypatch,
+                                                        capsys) -> None:
+    run = tmp_path / "cli"
+
+    def cli(out: Path) -> list[str]:
+        return ["train", "--data", str(dataset), "--model", "unet", "--width", "4", "--depth",
+                "2", "--loss", "bce", "-o", str(out), "--epochs", "3", "--batch-size", "4",
+                "--patch", "32", "--max-steps-per-epoch", "3", "--device", "cpu", "--no-augment"]
+
+    original = trainer_mod._Run._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, net, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # what the CLI makes of SIGTERM
+        return original(self, net, epoch)
+
+    monkeypatch.setattr(trainer_mod._Run, "_train_epoch", interrupted)
+    assert main(cli(run)) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(trainer_mod._Run, "_train_epoch", original)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "after 3 epoch(s)" in capsys.readouterr().out
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 3
+    assert main(cli(tmp_path / "ref")) == 0
+    assert _same_weights(run / "last.pt", tmp_path / "ref" / "last.pt")
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 3  # settings are the run's
+    assert main(["train", "--data", str(dataset), "-o", str(run)]) == 4  # exists
+
+
+def test_sigterm_saves_last_completed_epoch_and_exits_130(dataset, tmp_path) -> None:
+    run = tmp_path / "sig"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spineseg.cli.main", "train", "--data", str(dataset), "-o",
+         str(run), "--model", "unet", "--width", "4", "--depth", "2", "--epochs", "1000",
+         "--batch-size", "4", "--patch", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
+         "--no-augment", "--patience", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] >= 1
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) >= ckpt["epoch"]
+
+
+@pytest.mark.parametrize("name", ["dice", "bce", "focal", "dicebce"])
+def test_every_loss_takes_one_logit_per_pixel(name) -> None:
+    logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+    target = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    loss = trainer_mod.make_loss(name)(logits, target)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss) and logits.grad.abs().sum() > 0
+    perfect = trainer_mod.make_loss(name)(target * 40 - 20, target)
+    assert perfect < loss  # a confident correct prediction scores better than noise
+
+
+def test_early_stopping_when_validation_dice_stalls(dataset, tmp_path) -> None:
+    result = train(tiny_config(dataset, tmp_path / "es", epochs=6, lr=1e-12, patience=1,
+                               max_steps_per_epoch=1))
+    assert result.stopped_early and result.epochs_completed == 2 and result.best_epoch == 1
+
+
+def test_cli_train_then_evaluate_on_prepared_phantoms(tmp_path, capsys) -> None:
+    """The real chain: phantoms -> prepare -> spineseg train -> spineseg evaluate."""
+    from spineseg.data.phantom import PhantomConfig, generate_phantom, write_phantom_case
+    from spineseg.data.prepare import PrepareConfig, prepare_dataset
+
+    cfg = PhantomConfig(shape=(48, 48, 16), crop_prob=1.0)
+    for i in range(4):
+        write_phantom_case(generate_phantom(i, cfg), tmp_path / "src", f"ph{i}")
+    prepare_dataset([tmp_path / "src"], tmp_path / "ds", PrepareConfig(val="1", test="1"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "ds"), "--model", "msrunet", "--width", "8",
+                 "--depth", "2", "--loss", "dicebce", "-o", str(run), "--epochs", "2",
+                 "--batch-size", "4", "--patch", "32", "--max-steps-per-epoch", "2",
+                 "--device", "cpu", "--seed", "3"]) == 0
+    assert "after 2 epoch(s)" in capsys.readouterr().out
+    report = tmp_path / "report"
+    assert main(["evaluate", "--model", str(run / "best.pt"), "--data", str(tmp_path / "ds"),
+                 "-o", str(report), "--device", "cpu"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["pooled"]["n_cases"] == 1 and summary["source"]["model"] == "msrunet"
+    assert summary["pooled"]["n_slices"] == 16
