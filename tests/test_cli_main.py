@@ -15,6 +15,28 @@ def test_help_lists_every_command(capsys):
         assert name in out
 
 
+def test_every_command_module_registers_its_own_name():
+    import argparse
+    import importlib
+
+    from spineseg.cli.main import _SingleParser
+
+    for name in COMMANDS:
+        shim = _SingleParser(argparse.ArgumentParser())
+        importlib.import_module(f"spineseg.cli.{name}").register(shim)
+        assert shim.registered == [name]
+        assert shim.parser.get_default("func") is not None
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from spineseg.cli.main import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported for --help'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "spineseg.cli.main", "--version"],
                           capture_output=True, text=True, check=False)

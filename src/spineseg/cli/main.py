@@ -20,12 +20,51 @@ from collections.abc import Sequence
 from spineseg import __version__
 from spineseg.errors import EXIT_INTERRUPTED, SpinesegError
 
-# Each module defines ``register(subparsers)`` which adds one subcommand whose parser has
-# ``func(args) -> int`` set as default. A command is listed here only once it works.
-COMMANDS: tuple[str, ...] = ()
+# name -> one-line purpose, in the order ``--help`` lists them. Each ``spineseg.cli.<name>`` module
+# defines ``register(subparsers)`` adding its parser with ``func(args) -> int`` as default. Only the
+# module of the command being run is imported, so ``spineseg --help`` and light commands do not pay
+# for importing torch and MONAI (seconds on a laptop). tests/test_cli_main.py checks that every
+# module registers under its name. A command is listed here only once it works.
+COMMANDS: dict[str, str] = {
+    "segment": "segment the spine in a CT (file, DICOM folder or cohort)",
+    "info": "show an image's grid, orientation, intensity range and whether it looks like CT",
+    "demo": "segment a synthetic CT (DICOM) end to end and print its Dice",
+    "phantom": "generate synthetic spine CT cases (image + vertebra mask pairs)",
+    "prepare": "prepare a training dataset from image/mask folders",
+    "train": "train a segmentation network on a prepared dataset",
+    "evaluate": "Dice, IoU, HD95, ASD, sensitivity, precision of predictions",
+    "models": "list the networks: parameters, GFLOPs and CPU latency for one slice",
+    "experiment": "reproduce the paper's tables and figures on a prepared dataset",
+    "benchmark": "time the pipeline against peer networks",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _SingleParser:
+    """Stands in for argparse's subparsers object while a module registers its command: the
+    parser already exists, so ``--help`` can list every command without importing its module."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        self.registered: list[str] = []
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        self.registered.append(name)
+        if kwargs.get("description"):
+            self.parser.description = str(kwargs["description"])
+        return self.parser
+
+
+def _selected_command(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if token in COMMANDS:
+            return token
+        if not token.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; only the command named in ``argv`` imports its module (all if None)."""
     parser = argparse.ArgumentParser(
         prog="spineseg",
         description="Fully automatic spine segmentation in CT and 3D reconstruction.",
@@ -33,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spineseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name in COMMANDS:
-        importlib.import_module(f"spineseg.cli.{name}").register(sub)
+    selected = _selected_command(argv) if argv is not None else None
+    for name, purpose in COMMANDS.items():
+        cmd = sub.add_parser(name, help=purpose, description=purpose)
+        if argv is None or name == selected:
+            importlib.import_module(f"spineseg.cli.{name}").register(_SingleParser(cmd))
     return parser
 
 
@@ -44,7 +86,8 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
