@@ -3,7 +3,7 @@
 A phantom is a CT-like volume (int16 HU) and a binary mask of the vertebrae C1-L5 only. It is
 built to defeat shortcuts a segmenter could learn on easy data: real vertebra shapes on a curved
 column; bone that is *not* spine right next to it (ribs touching the bodies and transverse
-processes, sacrum, iliac wings, sternum, femoral heads); bright non-bone (contrast aorta, kidneys,
+processes, sacrum, iliac wings, hips, sternum, scapulae); bright non-bone (contrast aorta, kidneys,
 the table); trabecular bone from osteoporotic (50 HU) to dense (250 HU); noise from 10 to 150 HU
 with sharp or soft kernel correlation; partial volume from slices up to 5 mm; beam-hardening
 streaks; full-body or tight fields of view; and optionally unusual voxel storage orders.
@@ -26,8 +26,8 @@ from scipy import ndimage
 from spineseg.data.phantom_anatomy import (
     Tissues,
     body_profile,
-    render_pelvis,
     render_ribs,
+    render_scapulae,
     render_soft_tissue,
     render_table,
     render_vessels,
@@ -35,6 +35,7 @@ from spineseg.data.phantom_anatomy import (
 )
 from spineseg.data.phantom_column import build_column, render_discs_and_canal, render_vertebra
 from spineseg.data.phantom_grid import Grid
+from spineseg.data.phantom_pelvis import render_pelvis
 from spineseg.data.shapes import LEVEL_NAMES
 from spineseg.data.simulate import add_ct_noise
 from spineseg.errors import InputError, OutputError
@@ -89,7 +90,7 @@ class Phantom:
     ct: Volume  # int16 HU
     mask: Volume  # uint8 {0, 1}: vertebrae only
     params: dict[str, Any]
-    structures: dict[str, Volume] = field(default_factory=dict)  # uint8: "ribs", "pelvis"
+    structures: dict[str, Volume] = field(default_factory=dict)  # uint8 ribs/pelvis/scapulae
 
 
 def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -162,10 +163,11 @@ def generate_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
     hu = render_soft_tissue(grid, rng, column, body, tis, zl)
     render_vessels(grid, hu, column, tis, zl, rng)
     render_table(grid, hu, body, rng)
-    render_discs_and_canal(grid, hu, column, rng.uniform(70, 110), rng.uniform(0, 15),
-                           rng.uniform(30, 50))
-    pelvis, pelvis_info = render_pelvis(grid, hu, column, tis, rng)
+    disc_hu = rng.uniform(70, 110)
+    render_discs_and_canal(grid, hu, column, disc_hu, rng.uniform(0, 15), rng.uniform(30, 50))
+    pelvis, pelvis_info = render_pelvis(grid, hu, column, trab, cort, disc_hu, rng)
     ribs = render_ribs(grid, hu, column, body, tis, rng)
+    scapulae = render_scapulae(grid, hu, column, body, tis, rng)
     truth = np.zeros(grid.shape, dtype=bool)
     levels = []
     min_voxels = 500.0 / (sp * sp * sz)  # at least 0.5 mL visible to count as present
@@ -176,6 +178,7 @@ def generate_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
             levels.append(v.name)
     ribs &= ~truth
     pelvis &= ~truth
+    scapulae &= ~truth
 
     streak_amp = rng.uniform(30, 150) if rng.random() < cfg.streak_prob else 0.0
     if streak_amp > 0:
@@ -195,7 +198,8 @@ def generate_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
     ct = Volume(ct_arr, **geometry)
     mask = Volume(truth.astype(np.uint8), **geometry)
     structures = {"ribs": Volume(ribs.astype(np.uint8), **geometry),
-                  "pelvis": Volume(pelvis.astype(np.uint8), **geometry)}
+                  "pelvis": Volume(pelvis.astype(np.uint8), **geometry),
+                  "scapulae": Volume(scapulae.astype(np.uint8), **geometry)}
     orientation = "LPS"
     if rng.random() < cfg.reorient_prob:
         orientation = str(rng.choice(list(cfg.reorient_codes)))
@@ -223,6 +227,7 @@ def generate_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
         "mask_voxels": int(truth.sum()),
         "rib_voxels": int(ribs.sum()),
         "pelvis_voxels": int(pelvis.sum()),
+        "scapula_voxels": int(scapulae.sum()),
         **{k: round(v, 1) for k, v in pelvis_info.items()},
     }
     return Phantom(ct=ct, mask=mask, params=params, structures=structures)

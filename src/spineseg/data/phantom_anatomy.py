@@ -170,8 +170,11 @@ def render_soft_tissue(grid: Grid, rng: np.random.Generator, column: Column, bod
         reg[cav & low & (gas > 0.9) & (loops > 0.3)] = -1000.0
     # Paraspinal muscles (whole length) and psoas (T12 down into the pelvis).
     box, dx, dy = _near_column(grid, col_x, col_y, _zslice(z, zl["floor"], np.inf), 75, -40, 100)
+    # Erector spinae + multifidus: rounded blocks filling the grooves beside the spinous
+    # processes from the laminae back to the fascia, split by a thin midline fat plane.
     for side in (-1, 1):
-        ps = ((dx - side * 32) / 24) ** 2 + ((dy - 62) / 22) ** 2 < 1
+        ps = (np.abs((dx - side * 27) / 24) ** 3 + np.abs((dy - 52) / 24) ** 3 < 1) & (
+            side * dx > 2.5)
         hu[box][ps & (hu[box] > -500)] = tis.muscle
     zs = _zslice(z, zl["L5"] - 60, zl["T12"])
     box, dx, dy = _near_column(grid, col_x, col_y, zs, 75, -40, 40)
@@ -212,10 +215,17 @@ def render_soft_tissue(grid: Grid, rng: np.random.Generator, column: Column, bod
         rin = _rho(x, y, ccx, ccy, aa, bb, 2.0)
         dome = zdia + 35 * (1 - np.minimum(rin, 1)) - 45 * (y - ccy > 0.3 * bb)
         kx, ky = col_x[zs][:, None, None], col_y[zs][:, None, None]
-        medi = (np.abs(x - kx) < 30 + 0.15 * aa) & (y < ky + 25)
-        para = (np.abs(x - kx) < 45) & (y > ky - 25)
+        # Mediastinum: an ellipse from the sternum back to the vertebral bodies, widening
+        # towards the heart; the lungs wrap around it and around the spine into the posterior
+        # recesses, whose medial edge follows the paraspinal muscles.
+        low = np.clip((zdia + 90 - zz) / 90, 0, 1)
+        mcx = kx + 18 * low
+        mhw = 22 + 0.25 * aa + 30 * low
+        medi = ((x - mcx) / mhw) ** 2 + ((y - (ky - 0.5 * (ky - ccy + bb))) /
+                                         (0.5 * (ky - ccy + bb) + 5)) ** 2 < 1
+        para = ((x - kx) / 38) ** 2 + ((y - ky - 20) / 48) ** 2 < 1
         lung = (rin < 1) & (zz > dome) & ~medi & ~para
-        hu[zs][lung] = tis.lung
+        hu[zs][lung] = tis.lung + rng.normal(0, 15, int(lung.sum())).astype(np.float32)
         bx, by = _body_at(body, z, zdia + 45)
         hc = np.array([bx[0] + 25, by[0] - 0.3 * by[1], zdia + 45])
         fill_ellipsoid(grid, hu, hc, np.array([60.0, 45.0, 55.0]), 0.5 * (tis.blood + 40),
@@ -258,7 +268,8 @@ def render_ribs(grid: Grid, hu: np.ndarray, column: Column, body: Body, tis: Tis
     zmin, zmax = z[0] - 80, z[-1] + 120
     by_name = column.by_name()
     step = 0.6 * min(4.0, max(grid.spacing[2], 1.0))
-    radii = np.array([4.5, 4.5, 6.0]) * rng.uniform(0.85, 1.1)
+    # Near the spine a rib is about 10 x 15 mm (anatomy.md): wider than tall in an axial cut.
+    radii = np.array([5.0, 5.0, 7.5]) * rng.uniform(0.9, 1.1)
     for k in range(1, 13):
         v = by_name[f"T{k}"]
         if not zmin < v.center[2] < zmax:
@@ -291,8 +302,8 @@ def render_ribs(grid: Grid, hu: np.ndarray, column: Column, body: Body, tis: Tis
                 cpath = resample_polyline(np.vstack([wall[-1], stern]), step)
                 cart.flat[splat_ellipsoids(grid, cpath, radii * 0.8)] = True
     hu[cart] = rng.uniform(90, 200)
-    hu[mask] = tis.cortical * rng.uniform(0.7, 0.95)
-    hu[marrow] = tis.trabecular + rng.uniform(0, 60)
+    hu[mask] = max(720.0, tis.cortical * rng.uniform(0.75, 0.95))
+    hu[marrow] = float(np.clip(tis.trabecular + rng.uniform(30, 100), 110, 320))
     # Sternum: a flat bone in front, from T2 to T9 level.
     t2, t9 = by_name["T2"].center[2], by_name["T9"].center[2]
     zc = 0.5 * (t2 + t9) - 30
@@ -305,87 +316,46 @@ def render_ribs(grid: Grid, hu: np.ndarray, column: Column, body: Body, tis: Tis
     return mask
 
 
-def render_pelvis(grid: Grid, hu: np.ndarray, column: Column, tis: Tissues,
-                  rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
-    """Sacrum (wedge tilted forward, with alae and canal), iliac wings, femoral heads."""
+def render_scapulae(grid: Grid, hu: np.ndarray, column: Column, body: Body, tis: Tissues,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Shoulder blades: thin triangular plates on the posterolateral chest wall, T1-T8.
+
+    Each slice's scapula is an arc of a shrunken body outline (just inside the subcutaneous
+    fat), spanning the elliptic angle between its medial and lateral borders; the triangle
+    narrows to the inferior angle near T7-T8. The lateral border is thickest. Returns the mask.
+    """
     mask = np.zeros(grid.shape, dtype=bool)
-    by_name = column.by_name()
-    l5, l4 = by_name["L5"], by_name["L4"]
-    z = grid.z
-    cort = tis.cortical * rng.uniform(0.75, 0.95)
-    marrow = tis.trabecular + rng.uniform(20, 80)
-    # Sacrum: axis from the S1 endplate down and back, bowing posteriorly.
-    slope = np.deg2rad(rng.uniform(30, 50))
-    s1_top = l5.center - l5.frame[:, 2] * (l5.height / 2 + rng.uniform(9, 12))
-    axis = np.array([0.0, np.sin(slope), -np.cos(slope)])
-    length = rng.uniform(95, 115)
-    w0 = rng.uniform(95, 115)
-    ex = np.array([1.0, 0.0, 0.0])
-    ey = np.cross(axis, ex)  # in the sagittal plane, perpendicular to the axis (posterior-ish)
-    ey = ey if ey[1] > 0 else -ey
-    lo = np.minimum(s1_top, s1_top + axis * length) - np.array([w0 / 2, 40, 40])
-    hi = np.maximum(s1_top, s1_top + axis * length) + np.array([w0 / 2, 40, 10])
-    box = grid.box(lo, hi)
-    if box is not None:
-        x, y, zz = grid.coords(box)
-        d = (x - s1_top[0], y - s1_top[1], zz - s1_top[2])
-        along = d[0] * axis[0] + d[1] * axis[1] + d[2] * axis[2]
-        u = np.clip(along / length, 0, 1)
-        lat = d[0]
-        # AP coordinate relative to the bone's centre line, which bows posteriorly mid-sacrum.
-        ap = d[1] * ey[1] + d[2] * ey[2] - 9 * np.sin(np.pi * u)
-        inside_len = (along >= 0) & (along <= length)
-        bw, bd = 24 * (1 - 0.6 * u), 17 * (1 - 0.55 * u)
-        wing_w, wing_d = (w0 / 2) * (1 - 0.7 * u), 11 * (1 - 0.5 * u)
-        body_in = (lat / bw) ** 2 + (ap / bd) ** 2 < 1
-        wing_in = (lat / wing_w) ** 2 + ((ap - 4) / wing_d) ** 2 < 1
-        outer = inside_len & (body_in | wing_in)
-        core = inside_len & (((lat / np.maximum(bw - 3, 1)) ** 2 + (ap / np.maximum(bd - 3, 1)) ** 2
-                              < 1) | ((lat / np.maximum(wing_w - 3, 1)) ** 2
-                                      + ((ap - 4) / np.maximum(wing_d - 3, 1)) ** 2 < 1))
-        canal = inside_len & ((lat / 8) ** 2 + ((ap - bd * 0.8) / 5) ** 2 < 1) & (u < 0.8)
-        reg = hu[box]
-        reg[outer] = cort
-        reg[core] = marrow
-        reg[canal] = 10.0
-        mask[box] |= outer & ~canal
-    # Iliac wings: curved plates from the sacroiliac joint sweeping anterolaterally.
-    crest = 0.5 * (l4.center[2] + l5.center[2]) + rng.uniform(-15, 10)
-    height = rng.uniform(95, 120)
-    radius = rng.uniform(75, 95)
-    cxs, cys = column.center_at_z(np.array([crest - 40]))
-    femur_z = crest - height - rng.uniform(5, 20)
-    zsel = np.nonzero((z <= crest + 5) & (z >= femur_z - 30))[0]
-    if zsel.size:
-        zs = slice(zsel[0], zsel[-1] + 1)
-        x = grid.x[None, None, :]
-        y = grid.y[None, :, None]
-        zz = z[zs][:, None, None]
-        depth_u = np.clip((crest - zz) / height, 0, 1)
-        rad = radius * (1 - 0.4 * depth_u)
-        for side in (1, -1):
-            ccx = cxs[0] + side * (35 + 10 * depth_u)
-            ccy = cys[0] - 45 + 25 * depth_u
-            dx = side * (x - ccx)
-            dy = y - ccy
-            r = np.hypot(dx, dy)
-            phi = np.arctan2(dy, dx)  # 0 lateral, +pi/2 posterior
-            p_n = np.clip((phi + 0.2) / 1.75, 0, 1)
-            thick = 4 + 9 * p_n ** 3 + 18 * depth_u ** 2 + 6 * (1 - p_n) ** 4
-            crest_z = crest - 18 * (2 * p_n - 1) ** 2
-            wing = ((phi > -0.2) & (phi < 1.55) & (np.abs(r - rad) < thick / 2)
-                    & (zz <= crest_z) & (zz >= crest - height))
-            inner = wing & (np.abs(r - rad) < thick / 2 - 1.8) & (zz <= crest_z - 2)
-            reg = hu[zs]
-            reg[wing] = cort
-            reg[inner] = marrow
-            mask[zs] |= wing
+    top = column.height_of("T1") + rng.uniform(5, 20)
+    bottom = column.height_of("T7") - rng.uniform(0, 25)
+    zs = _zslice(grid.z, bottom, top)
+    if zs.stop <= zs.start:
+        return mask
+    zz = grid.z[zs][:, None, None]
+    h = np.clip((top - zz) / (top - bottom), 0, 1)  # 0 at the spine of the scapula, 1 inferior
+    x = grid.x[None, None, :]
+    y = grid.y[None, :, None]
+    s3 = (zs.stop - zs.start, 1, 1)
+    cx, cy = body.cx[zs].reshape(s3), body.cy[zs].reshape(s3)
+    inset = body.fat[zs].reshape(s3) + rng.uniform(2.5, 4.5)  # outside the ribs, in muscle
+    a_in, b_in = body.a[zs].reshape(s3) - inset, body.b[zs].reshape(s3) - inset
+    med = np.deg2rad(rng.uniform(18, 26)) + np.deg2rad(14) * h
+    lat = np.deg2rad(rng.uniform(62, 72)) - np.deg2rad(34) * h
+    cort = max(700.0, tis.cortical * rng.uniform(0.7, 0.9))
+    marrow = float(np.clip(tis.trabecular + rng.uniform(30, 100), 110, 320))
     for side in (1, -1):
-        fc = np.array([cxs[0] + side * rng.uniform(80, 95), cys[0] - 40, femur_z])
-        rr = rng.uniform(21, 25)
-        fill_ellipsoid(grid, hu, fc, np.array([rr, rr, rr]), cort, out_mask=mask)
-        fill_ellipsoid(grid, hu, fc, np.array([rr - 2, rr - 2, rr - 2]), marrow)
-    return mask, {"iliac_crest_z": float(crest), "femoral_head_z": float(femur_z)}
+        u, v = side * (x - cx) / a_in, (y - cy) / b_in
+        theta = np.arctan2(u, v)  # 0 at the posterior midline, increasing laterally
+        radial = (np.sqrt(u * u + v * v) - 1) * b_in  # ~ mm outward from the plate's surface
+        w = np.clip((theta - med) / np.maximum(lat - med, 1e-3), 0, 1)
+        thick = 3.5 + 7.0 * w**4 + 4.0 * np.exp(-(top - zz) / 8)
+        on = (theta >= med) & (theta <= lat) & (v > 0)
+        plate = on & (np.abs(radial) < thick / 2)
+        core = on & (np.abs(radial) < thick / 2 - 1.5)
+        reg = hu[zs]
+        reg[plate] = cort
+        reg[core] = marrow
+        mask[zs] |= plate
+    return mask
 
 
 def render_table(grid: Grid, hu: np.ndarray, body: Body, rng: np.random.Generator) -> None:
