@@ -62,7 +62,9 @@ class AugmentConfig:
     prob_white_noise: float = 0.15
     white_noise_max_hu: float = 60.0  # MONAI draws SD uniformly in [0, max]
     prob_correlated_noise: float = 0.5
-    noise_sd_hu: tuple[float, float] = (10.0, 150.0)
+    # Up to 200 HU of added field SD: correlated noise reads ~80% of that on the local-SD measure of
+    # anatomy.md, so this reaches verse012 (~150 HU measured), the noisiest real scan we know.
+    noise_sd_hu: tuple[float, float] = (10.0, 200.0)
     noise_corr_sigma: tuple[float, float] = (0.5, 2.0)  # sharp … soft kernel (pixels)
     prob_osteoporosis: float = 0.3
     osteoporosis_target_hu: tuple[float, float] = (50.0, 110.0)

@@ -74,7 +74,7 @@ class PrepareConfig:
     test: str = "0"
     seed: int = 0
     noise_copies: int = 0
-    noise_sd_hu: tuple[float, float] = (50.0, 150.0)
+    noise_sd_hu: tuple[float, float] = (50.0, 200.0)  # see AugmentConfig.noise_sd_hu
     noise_corr_sigma: tuple[float, float] = (0.5, 2.0)
     osteoporosis_target_hu: tuple[float, float] = (60.0, 110.0)
     progress: bool = False
