@@ -1,0 +1,154 @@
+"""Training budgets for the reproduction: the paper's protocol and two scaled-down versions.
+
+Every cell of every table is trained with the same profile, i.e. the same budget and the same
+seed policy (seed ``k`` of every cell is ``TrainConfig.seed = k``), so differences between cells
+are differences between networks or losses, not between budgets.
+
+- ``paper``: the paper's protocol (512×512 slices, batch 16, Adam 1e-3, reduce-on-plateau,
+  train until convergence = early stopping) at the registry's default width; meant for a GPU.
+- ``quick``: the same protocol scaled down so that ``experiment all`` finishes in about an hour
+  on 2 CPU cores: small patches and widths and a fixed number of steps per epoch and of epochs,
+  no early stopping (every cell gets exactly the same number of updates). Its numbers show
+  whether rankings appear at a small budget; they are not the paper's accuracy regime.
+- ``tiny``: a few steps at tiny widths; exercises the whole pipeline in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from spineseg.errors import InputError
+from spineseg.experiments.specs import RunSpec
+from spineseg.training.config import TrainConfig
+
+__all__ = ["PROFILES", "Profile", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budget and protocol shared by every cell; ``seeds`` is the default number of seeds."""
+
+    name: str
+    patch_size: int
+    base_width: int
+    depth: int
+    batch_size: int
+    lr: float
+    epochs: int
+    max_steps_per_epoch: int | None
+    patience: int
+    lr_patience: int
+    lr_factor: float
+    foreground_fraction: float
+    augment: bool
+    val_batch_size: int
+    seeds: int
+    purpose: str
+
+    def train_config(self, run: RunSpec, *, data: str, out: str, seed: int,
+                     device: str) -> TrainConfig:
+        """The :class:`TrainConfig` of one seed of one run under this profile."""
+        model_config = {**run.config_dict(), "base_width": self.base_width, "depth": self.depth}
+        return TrainConfig(
+            data=data, out=out, model=run.model, model_config=model_config, loss=run.loss,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            patch_size=self.patch_size, foreground_fraction=self.foreground_fraction,
+            patience=self.patience, lr_patience=self.lr_patience, lr_factor=self.lr_factor,
+            seed=seed, device=device, max_steps_per_epoch=self.max_steps_per_epoch,
+            val_batch_size=self.val_batch_size, augment=self.augment)
+
+    def protocol(self) -> dict[str, Any]:
+        """What must not change when a run is resumed (all fields but the seed count)."""
+        d = dataclasses.asdict(self)
+        d.pop("seeds")
+        d.pop("purpose")
+        return d
+
+    def differences_from_paper(self) -> list[str]:
+        """Human-readable list of where this profile departs from the paper's protocol."""
+        paper = PROFILES["paper"]
+        out = []
+        for f in dataclasses.fields(self):
+            if f.name in ("name", "purpose", "seeds", "val_batch_size"):
+                continue
+            mine, theirs = getattr(self, f.name), getattr(paper, f.name)
+            if mine != theirs:
+                out.append(f"{_LABELS[f.name]} {_show(mine)} (paper profile: {_show(theirs)})")
+        return out
+
+    def steps_per_epoch(self, train_slices: int) -> int:
+        """Updates per epoch on a training split of ``train_slices`` slices (one process).
+
+        ``max_steps_per_epoch`` is a cap: the trainer draws each slice at most once per epoch, so
+        a small training split gives fewer steps. Mirrors the trainer's loader (``drop_last``
+        when the split is larger than a batch).
+        """
+        if train_slices <= self.batch_size:
+            steps = 1 if train_slices else 0
+        else:
+            steps = train_slices // self.batch_size
+        if self.max_steps_per_epoch is not None:
+            steps = min(steps, self.max_steps_per_epoch)
+        return steps
+
+    def budget(self) -> str:
+        steps = ("all slices" if self.max_steps_per_epoch is None
+                 else f"{self.max_steps_per_epoch} steps")
+        stop = (f"early stopping after {self.patience} epochs without a better validation DSC"
+                if self.patience else "no early stopping")
+        return (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} × {steps} of batch {self.batch_size}, patches "
+                f"{self.patch_size}×{self.patch_size}, base width {self.base_width}, depth "
+                f"{self.depth}; Adam lr {self.lr:g}, reduce-on-plateau (factor {self.lr_factor:g},"
+                f" patience {self.lr_patience}); {stop}; augmentation "
+                f"{'on' if self.augment else 'off'}; best.pt = best validation DSC")
+
+
+_LABELS = {
+    "patch_size": "patch side", "base_width": "base width", "depth": "depth",
+    "batch_size": "batch size", "lr": "learning rate", "epochs": "epochs",
+    "max_steps_per_epoch": "steps per epoch", "patience": "early-stopping patience",
+    "lr_patience": "plateau patience", "lr_factor": "plateau factor",
+    "foreground_fraction": "foreground fraction", "augment": "augmentation",
+}
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+PROFILES: Mapping[str, Profile] = MappingProxyType({
+    "paper": Profile(
+        name="paper", patch_size=512, base_width=32, depth=4, batch_size=16, lr=1e-3,
+        epochs=100, max_steps_per_epoch=None, patience=20, lr_patience=5, lr_factor=0.5,
+        foreground_fraction=0.5, augment=True, val_batch_size=16, seeds=3,
+        purpose="the paper's protocol (512×512 slices, batch 16, Adam 1e-3, plateau schedule, "
+                "train to convergence); for a GPU"),
+    # 21 distinct runs of at most 60 updates: about an hour for `all` with one seed on 2 idle
+    # CPU cores, estimated from timings on a loaded machine (docs/results/README.md).
+    "quick": Profile(
+        name="quick", patch_size=128, base_width=8, depth=4, batch_size=8, lr=1e-3,
+        epochs=4, max_steps_per_epoch=15, patience=0, lr_patience=1, lr_factor=0.5,
+        foreground_fraction=0.5, augment=True, val_batch_size=8, seeds=1,
+        purpose="the paper's protocol scaled down to finish `all` in about an hour on 2 CPU "
+                "cores; a fixed, equal budget per cell"),
+    "tiny": Profile(
+        name="tiny", patch_size=32, base_width=8, depth=2, batch_size=2, lr=1e-3,
+        epochs=1, max_steps_per_epoch=2, patience=0, lr_patience=1, lr_factor=0.5,
+        foreground_fraction=0.5, augment=False, val_batch_size=4, seeds=1,
+        purpose="a few steps at tiny widths, to test the pipeline; numbers are meaningless"),
+})
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise InputError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}") from None

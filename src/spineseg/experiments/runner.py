@@ -1,0 +1,236 @@
+"""Run the cells of the tables resumably: train each (run, seed), evaluate it, record it.
+
+Layout under the runs folder (``DIR/runs`` by default)::
+
+    runs/<table>/<cell>/seed<k>/   the trainer's run folder (config.json, last.pt, best.pt, …)
+                                   + result.json: test-set metrics, the done-marker
+
+``result.json`` is written atomically only after the evaluation finished, so it marks a finished
+seed. A re-run skips seeds that have it and calls the trainer with ``resume=True`` for the rest,
+which continues from ``last.pt`` (or starts afresh if none was written yet); a run whose training
+had already finished resumes with nothing left to do and is only evaluated.
+
+Evaluation uses the checkpoint with the best validation DSC (``best.pt``) on the dataset's TEST
+split, restricted to its real CT cases when it has any (patients never seen in training or
+validation), with the paper's pooled DSC and IoU (:mod:`spineseg.evaluation.metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spineseg.data.manifest import Manifest, read_manifest
+from spineseg.errors import DataError, InputError
+from spineseg.evaluation.evaluate import evaluate_model
+from spineseg.experiments.profiles import Profile
+from spineseg.experiments.specs import RunSpec
+from spineseg.io import write_text_atomic
+from spineseg.training.config import RESUMABLE_OVERRIDES
+from spineseg.training.trainer import BEST_FILE, train
+
+__all__ = [
+    "RESULT_FILE",
+    "CellSummary",
+    "RunnerConfig",
+    "SeedResult",
+    "eval_device",
+    "read_result",
+    "run_runs",
+    "run_seed",
+    "seed_dir",
+    "summarize",
+    "test_kinds",
+]
+
+RESULT_FILE = "result.json"
+RESULT_FORMAT = "spineseg-experiment-result/1"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where and how cells run. ``data`` and ``runs_dir`` are made absolute on creation."""
+
+    data: Path
+    runs_dir: Path
+    profile: Profile
+    seeds: int
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise InputError(f"--seeds must be >= 1, got {self.seeds}")
+        object.__setattr__(self, "data", Path(self.data).resolve())
+        object.__setattr__(self, "runs_dir", Path(self.runs_dir).resolve())
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """Test-set metrics of one seed of one run (the content of ``result.json``)."""
+
+    key: str
+    seed: int
+    dsc: float
+    iou: float
+    mean_slice_dice: float
+    test_cases: tuple[str, ...]
+    test_kinds: tuple[str, ...] | None
+    case_dice: dict[str, float]
+    epochs_completed: int
+    best_epoch: int
+    best_val_dice: float
+    train_seconds: float
+    eval_seconds: float
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["test_cases"] = list(self.test_cases)
+        d["test_kinds"] = list(self.test_kinds) if self.test_kinds else None
+        return {"format": RESULT_FORMAT, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeedResult:
+        if d.get("format") != RESULT_FORMAT:
+            raise DataError(f"not an experiment result (format {d.get('format')!r})")
+        body = {k: v for k, v in d.items() if k != "format"}
+        body["test_cases"] = tuple(body["test_cases"])
+        body["test_kinds"] = tuple(body["test_kinds"]) if body.get("test_kinds") else None
+        try:
+            return cls(**body)
+        except TypeError as exc:
+            raise DataError(f"malformed experiment result: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """Mean, sample SD (ddof = 1; NaN for one seed), min and max over seeds of DSC and IoU (%)."""
+
+    key: str
+    n: int
+    dsc_mean: float
+    dsc_sd: float
+    dsc_min: float
+    dsc_max: float
+    iou_mean: float
+    iou_sd: float
+    iou_min: float
+    iou_max: float
+    seeds: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()}
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def summarize(key: str, results: Sequence[SeedResult]) -> CellSummary:
+    """Aggregate the seeds of one run; metrics in percent."""
+    if not results:
+        raise InputError(f"{key}: no finished seeds to summarise")
+    dsc = np.array([100.0 * r.dsc for r in results])
+    iou = np.array([100.0 * r.iou for r in results])
+    return CellSummary(key=key, n=len(results),
+                       dsc_mean=float(dsc.mean()), dsc_sd=_sd(dsc), dsc_min=float(dsc.min()),
+                       dsc_max=float(dsc.max()), iou_mean=float(iou.mean()), iou_sd=_sd(iou),
+                       iou_min=float(iou.min()), iou_max=float(iou.max()),
+                       seeds=tuple(r.seed for r in results))
+
+
+def test_kinds(manifest: Manifest) -> tuple[str, ...] | None:
+    """("real",) when the test split holds real CT (the paper tests on patients); else all kinds."""
+    if manifest.case_ids("test", ("real",)):
+        return ("real",)
+    if not manifest.case_ids("test"):
+        raise DataError("the dataset's test split is empty; prepare it with --test "
+                        "(the tables are test-set numbers)")
+    return None
+
+
+def seed_dir(config: RunnerConfig, run: RunSpec, seed: int) -> Path:
+    return config.runs_dir / run.key / f"seed{seed}"
+
+
+def eval_device(device: str) -> str:
+    """The device evaluation and figures run on ("auto" resolved like the trainer does)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _same_protocol(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b)
+                  if k not in RESUMABLE_OVERRIDES and a.get(k) != b.get(k))
+
+
+def read_result(path: Path) -> SeedResult:
+    try:
+        return SeedResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: unreadable experiment result ({exc})") from exc
+
+
+def run_seed(config: RunnerConfig, run: RunSpec, seed: int,
+             progress: Progress | None = None) -> tuple[SeedResult, bool]:
+    """Train (or resume) and evaluate one seed; return its result and whether work was done."""
+    folder = seed_dir(config, run, seed)
+    tc = config.profile.train_config(run, data=str(config.data), out=str(folder), seed=seed,
+                                     device=config.device)
+    marker = folder / RESULT_FILE
+    if marker.is_file():
+        done = read_result(marker)
+        diff = _same_protocol(done.train_config, tc.to_dict())
+        if diff:
+            raise InputError(f"{folder}: finished with different settings ({', '.join(diff)}); "
+                             "use another output folder for another profile or dataset")
+        return done, False
+    manifest = read_manifest(config.data)
+    kinds = test_kinds(manifest)
+    if progress:
+        progress(f"{run.key} seed {seed}: training")
+    trained = train(tc, resume=True)
+    if progress:
+        progress(f"{run.key} seed {seed}: evaluating on the test split")
+    t0 = time.perf_counter()
+    ev = evaluate_model(folder / BEST_FILE, config.data, "test",
+                        device=eval_device(config.device),
+                        batch_size=config.profile.val_batch_size, kinds=kinds)
+    result = SeedResult(
+        key=run.key, seed=seed, dsc=ev.pooled.dsc, iou=ev.pooled.iou,
+        mean_slice_dice=ev.pooled.mean_slice_dice,
+        test_cases=tuple(c.case for c in ev.cases), test_kinds=kinds,
+        case_dice={c.case: c.dice for c in ev.cases},
+        epochs_completed=trained.epochs_completed, best_epoch=trained.best_epoch,
+        best_val_dice=trained.best_val_dice,
+        train_seconds=float(sum(h["seconds"] for h in trained.history)),
+        eval_seconds=time.perf_counter() - t0, train_config=tc.to_dict())
+    write_text_atomic(marker, json.dumps(result.to_dict(), indent=2) + "\n", overwrite=True)
+    return result, True
+
+
+def run_runs(config: RunnerConfig, runs: Sequence[RunSpec],
+             progress: Progress | None = None) -> tuple[dict[str, list[SeedResult]], int]:
+    """Run every seed of every run (skipping finished ones); return results and seeds trained."""
+    results: dict[str, list[SeedResult]] = {}
+    done_now = 0
+    total = len(runs) * config.seeds
+    for i, run in enumerate(runs):
+        for seed in range(config.seeds):
+            if progress:
+                progress(f"[{i * config.seeds + seed + 1}/{total}] {run.key} seed {seed}")
+            result, worked = run_seed(config, run, seed, progress)
+            results.setdefault(run.key, []).append(result)
+            done_now += int(worked)
+    return results, done_now
