@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from spineseg.errors import InputError
+from spineseg.io.read import DEFAULT_MAX_VOXELS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
     p.add_argument("--series", default=None, help="DICOM SeriesInstanceUID to use")
+    p.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, metavar="N",
+                   help="refuse images (as declared or after resampling to the model's spacing) "
+                        "with more voxels, before allocating them (default %(default)s)")
     p.add_argument("--shard", default="0/1", help="I/N: process every N-th case from I (0-based)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
+    if args.max_voxels < 1:
+        raise InputError("--max-voxels must be at least 1")
     src: Path = args.input
     if not src.exists():
         raise InputError(f"{src}: no such file or folder")
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         postprocess=PostprocessConfig(enabled=not args.no_postprocess),
         mesh=MeshConfig(space=args.mesh_space, max_faces=args.max_faces) if mesh_fmt else None,
         keep_probabilities=args.probabilities,
+        max_voxels=args.max_voxels,
     )
     if not batch:
         res = segment(src, model, cfg)

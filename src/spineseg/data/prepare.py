@@ -40,7 +40,14 @@ from spineseg.data.manifest import (
 )
 from spineseg.data.preprocess import Preprocessing
 from spineseg.data.simulate import add_ct_noise, simulate_osteoporosis
-from spineseg.errors import DataError, GeometryError, OutputError, PartialFailure, SpinesegError
+from spineseg.errors import (
+    DataError,
+    GeometryError,
+    InputError,
+    OutputError,
+    PartialFailure,
+    SpinesegError,
+)
 from spineseg.io import Volume, atomic_path
 from spineseg.io import write_text_atomic as _write_text
 from spineseg.io.geometry import reorient, resample_spacing, resample_to
@@ -323,6 +330,10 @@ def _to_int16(hu: np.ndarray) -> np.ndarray:
 
 def _prepare_case(root: Path, case: CaseSource, split: str, pp: Preprocessing) -> CaseEntry:
     image = read_image(case.image)
+    if image.meta.get("nonfinite"):
+        # Casting NaN/inf to int16 HU gives arbitrary values: a corrupt case must not become data.
+        raise InputError(f"{case.image}: {image.meta['nonfinite']} voxels are NaN or infinite; "
+                         "fix or drop this case")
     mask = _read_mask(case, image)
     img, msk = canonical_case(image, mask, pp)
     hu = _to_int16(img.array)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from spineseg.data.manifest import case_dir, read_manifest
 from spineseg.data.preprocess import Preprocessing
-from spineseg.errors import DataError, InputError, ModelError
+from spineseg.errors import DataError, GeometryError, InputError, ModelError
 from spineseg.evaluation.metrics import EvaluationResult, VolumeMetrics, volume_metrics
 from spineseg.io import Volume, read_image, resample_to
 
@@ -97,7 +97,15 @@ def evaluate_masks(pred_dir: str | os.PathLike[str],
     missing = sorted(set(refs) - set(preds))
     if missing:
         raise InputError(f"{pred_dir}: no prediction for reference case(s) {', '.join(missing)}")
-    cases = [evaluate_mask_pair(read_image(preds[c]), read_image(refs[c]), c) for c in sorted(refs)]
+    cases = []
+    for c in sorted(refs):
+        try:
+            cases.append(evaluate_mask_pair(read_image(preds[c]), read_image(refs[c]), c))
+        except GeometryError as exc:
+            if str(preds[c]) in str(exc) or str(refs[c]) in str(exc):
+                raise
+            # resample_to does not know the files; a user needs to know which pair misfits.
+            raise GeometryError(f"{preds[c]} vs {refs[c]}: {exc}") from exc
     return EvaluationResult.from_cases(cases, {
         "mode": "masks",
         "predictions": str(pred_dir),

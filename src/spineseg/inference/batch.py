@@ -57,8 +57,15 @@ def case_id(path: Path) -> str:
 
 def find_cases(folder: Path) -> list[Path]:
     """Image files and sub-folders (DICOM series) directly inside ``folder``, sorted by name."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list the folder ({exc.strerror})") from exc
+    if not children:
+        raise InputError(f"{folder}: empty folder (expected a CT file, a DICOM series folder or "
+                         "a folder of such cases)")
     cases = []
-    for child in sorted(folder.iterdir()):
+    for child in children:
         if child.name.startswith("."):
             continue
         if child.is_dir() or image_extension(child):

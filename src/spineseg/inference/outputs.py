@@ -47,6 +47,13 @@ def check_outputs(outdir: Path, cfg: OutputConfig, inputs: list[Path] | None = N
                           f"(use one of {', '.join(MESH_FORMATS)} or none)")
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: output path exists and is not a folder")
+    # Found now, not after minutes of inference: a path below a regular file can never be made.
+    resolved = outdir.resolve()
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{outdir}: cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{outdir}: cannot be created: {existing} is not writable")
     for src in inputs or []:
         s, o = src.resolve(), outdir.resolve()
         # Outputs inside an input folder would be mixed into a DICOM series or picked up as

@@ -18,11 +18,12 @@ import numpy as np
 import trimesh
 
 from spineseg import __version__
-from spineseg.errors import GeometryError, InputError
+from spineseg.errors import GeometryError, InputError, ResourceError
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.postprocess import PostprocessConfig, clean_mask
 from spineseg.inference.predict import PredictConfig, predict_probabilities
 from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_spacing, resample_to
+from spineseg.io.read import DEFAULT_MAX_VOXELS
 from spineseg.reconstruction import MeshConfig, mask_to_mesh
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class SegmentConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     mesh: MeshConfig | None = field(default_factory=MeshConfig)
     keep_probabilities: bool = False
-    max_voxels: int = 2**31
+    max_voxels: int = DEFAULT_MAX_VOXELS
 
 
 @dataclass
@@ -115,8 +116,15 @@ def segment(
     canon = reorient(vol, CANONICAL)
     sx, sy = net.preprocessing.spacing_xy
     needs_resample = not np.allclose(canon.spacing[:2], (sx, sy), rtol=0.01)
-    work = (resample_spacing(canon, (sx, sy, canon.spacing[2]), interpolation="linear")
-            if needs_resample else canon)
+    # The limit holds after resampling too: a coarse scan upsampled to the model's spacing can
+    # grow many-fold (5 mm -> 2 mm in-plane is 6x the voxels).
+    try:
+        work = (resample_spacing(canon, (sx, sy, canon.spacing[2]), interpolation="linear",
+                                 max_voxels=cfg.max_voxels) if needs_resample else canon)
+    except ResourceError as exc:
+        raise ResourceError(f"{vol.meta.get('source', 'image')}: {exc} (the model works at "
+                            f"{sx:g} x {sy:g} mm in-plane); crop the scan, or raise --max-voxels "
+                            "if the machine has the memory") from exc
     times["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -167,7 +175,8 @@ def segment(
         "runtime_s": {k: round(v, 3) for k, v in times.items()},
         "device": cfg.device,
     }
-    if vol.meta.get("series_note"):
-        stats["input"]["series_note"] = vol.meta["series_note"]
+    for key in ("series_uid", "series_note"):  # which DICOM series was read, and why
+        if key in vol.meta:
+            stats["input"][key] = vol.meta[key]
     return SegmentResult(mask, probabilities, mesh, stats, canon, canon_mask)
 

@@ -42,7 +42,7 @@ from spineseg.data.augment import AugmentConfig, train_transforms
 from spineseg.data.dataset import SliceDataset
 from spineseg.data.manifest import case_dir, read_manifest
 from spineseg.data.preprocess import Preprocessing
-from spineseg.errors import DataError, InputError, ModelError, ResourceError
+from spineseg.errors import DataError, InputError, ModelError, OutputError, ResourceError
 from spineseg.evaluation.evaluate import iter_slice_logits
 from spineseg.evaluation.metrics import paper_dsc
 from spineseg.io import check_output_path, write_text_atomic
@@ -131,6 +131,35 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_run_location(run_dir: Path, data: Path) -> None:
+    """OutputError, before any work, when the run folder cannot be created or is the dataset."""
+    run, root = run_dir.resolve(), data.resolve()
+    if run == root or root in run.parents:
+        # Checkpoints and config.json inside a dataset would mix a run into the data.
+        raise OutputError(f"{run_dir}: the run folder must not be (inside) the dataset {data}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: exists and is not a folder")
+    existing = next(p for p in (run, *run.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{run_dir}: cannot be created: {existing} is a file, not a folder")
+
+
+def _check_case_arrays(root: Path, case_ids: list[str], shapes: dict[str, list[int]]) -> None:
+    """DataError, before training starts, for a case array that is missing, truncated or of
+    the wrong shape (reads only the .npy headers: memory maps, no data)."""
+    for cid in case_ids:
+        d = case_dir(root, cid)
+        for name in ("image.npy", "mask.npy"):
+            try:
+                arr = np.load(d / name, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{d / name}: cannot open the case array ({exc}); re-run "
+                                "spineseg prepare") from exc
+            if list(arr.shape) != list(shapes[cid]):
+                raise DataError(f"{d / name}: shape {list(arr.shape)} differs from the manifest's "
+                                f"{list(shapes[cid])}; re-run spineseg prepare")
+
+
 def _metrics_csv(history: list[dict[str, float]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")
@@ -167,6 +196,7 @@ class _Run:
 
     def _check_run_dir(self) -> dict[str, Any] | None:
         """Refuse to clobber a run; return the checkpoint to resume from, if any."""
+        _check_run_location(self.run_dir, Path(self.config.data))
         if self.resume:
             last = self.run_dir / LAST_FILE
             if not last.is_file():
@@ -182,7 +212,7 @@ class _Run:
             check_output_path(self.run_dir / name, self.config.overwrite)
         if self.dist.is_main:  # stale files of an earlier run must not mix with this one
             for name in (LAST_FILE, BEST_FILE, METRICS_FILE, CURVES_FILE):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     (self.run_dir / name).unlink()
         return None
 
@@ -195,6 +225,8 @@ class _Run:
         if not self.val_cases:
             raise DataError(f"{cfg.data}: the validation split is empty; prepare the dataset "
                             "with --val (early stopping and best.pt need validation cases)")
+        _check_case_arrays(Path(cfg.data), manifest.case_ids("train") + self.val_cases,
+                           {c: e.shape for c, e in manifest.cases.items()})
         _seed_everything(cfg.seed)
         self.model = build_model(cfg.model, **cfg.model_config)
         self.divisor = 2 ** int(self.model.config.depth)
