@@ -134,7 +134,7 @@ def check_geometry_header(path: Path, size: tuple[int, ...], spacing: tuple[floa
     if n > max_voxels:
         raise ResourceError(f"{path}: declares {shape} = {n:,} voxels, above the limit of "
                             f"{max_voxels:,}; crop or downsample it with another tool first, or "
-                            "raise max_voxels if the memory is really there")
+                            "raise the limit (--max-voxels) if the memory is really there")
 
 
 def volume_from_image(image: sitk.Image, path: Path, meta: dict[str, str]) -> Volume:
