@@ -151,7 +151,7 @@ def test_absurd_declared_size_is_refused_before_allocating(tmp_path, capfd):
     start = time.perf_counter()
     line = _fails_cleanly(capfd, path, RESOURCE)
     assert time.perf_counter() - start < 5  # 2e15 bytes were never asked for
-    assert "max_voxels" in line
+    assert "--max-voxels" in line
     with pytest.raises(ResourceError):
         read_image(path)
 
