@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from spineseg.errors import DataError, InputError
+from spineseg.io.read import image_extension
 
 LAYOUTS: tuple[str, ...] = ("pairs", "verse", "totalsegmentator", "nnunet")
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 VERSE_SPINE: frozenset[int] = frozenset([*range(1, 26), 28])
 TOTALSEG_V2_SPINE: frozenset[int] = frozenset(range(27, 51))
@@ -172,10 +172,9 @@ def check_inside(root: Path, path: Path) -> None:
 
 def _stem(path: Path) -> tuple[str, str]:
     """``(stem, extension)`` for an image file name, extension ``""`` if not an image format."""
-    name = path.name
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], ext
+    name, ext = path.name, image_extension(path)
+    if ext and len(name) > len(ext):
+        return name[: -len(ext)], ext
     return name, ""
 
 
