@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMPS := $(VENV)/.stamps
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,22 @@ $(STAMPS)/base: pyproject.toml constraints.txt | $(PY)
 
 $(STAMPS)/test: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(MAKE) --no-print-directory $(STAMPS)/peers
 	@mkdir -p $(STAMPS) && touch $@ $(STAMPS)/base
+
+# nnU-Net's network package, for the benchmark's TotalSegmentator-fast peer. --no-deps: its
+# timm -> torchvision chain would replace the CPU torch; PlainConvUNet itself needs only einops.
+$(STAMPS)/peers: | $(PY)
+	$(PIP) install -q --no-deps "dynamic-network-architectures==0.4.4" "einops>=0.7"
+	@mkdir -p $(STAMPS) && touch $@
 
 install: $(STAMPS)/base
 
 demo: $(STAMPS)/base
 	$(VENV)/bin/spineseg demo
+
+bench: $(STAMPS)/base $(STAMPS)/peers
+	$(VENV)/bin/spineseg benchmark --quick
 
 lint: $(STAMPS)/test
 	$(VENV)/bin/ruff check src tests

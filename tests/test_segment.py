@@ -171,3 +171,17 @@ def test_model_file_is_weights_only_and_refuses_code(tmp_path, model_file):
                 "state_dict": {}, "x": Evil()}, bad)
     rc = main(["segment", str(model_file), "-o", str(tmp_path / "o"), "--model", str(bad)])
     assert rc == 5
+
+
+def test_slabwise_resampling_equals_whole_volume(small_ct):
+    from spineseg.inference.pipeline import _resample_slabs
+    from spineseg.io import reorient, resample_spacing
+
+    canon = reorient(small_ct, "LPS")
+    work = resample_spacing(canon, (1.0, 1.0, canon.spacing[2]), interpolation="linear")
+    rng = np.random.default_rng(0)
+    prob = work.with_array(rng.random(work.array.shape).astype(np.float16))
+    whole = resample_to(prob.with_array(prob.array.astype(np.float32)), canon,
+                        interpolation="linear").array
+    slabs = _resample_slabs(prob, canon, slab=7)
+    np.testing.assert_allclose(slabs.astype(np.float32), whole, atol=1e-3)

@@ -89,6 +89,28 @@ def _back_to_input_grid(canonical: Volume, original: Volume, interpolation: str)
     return resample_to(canonical, original, interpolation=interpolation)
 
 
+def _slab(vol: Volume, z0: int, z1: int) -> Volume:
+    origin = np.asarray(vol.origin) + vol.direction_matrix[:, 2] * vol.spacing[2] * z0
+    return Volume(vol.array[z0:z1], vol.spacing, tuple(origin), vol.direction)
+
+
+def _resample_slabs(prob: Volume, reference: Volume, slab: int = 32) -> np.ndarray:
+    """Resample float16 probabilities in-plane onto ``reference``, a slab of slices at a time.
+
+    Both grids share their slices (in-plane resampling keeps z), so slabs are independent and the
+    result is identical to one whole-volume resample, while the float32 copies SimpleITK needs stay
+    the size of one slab instead of the whole scan (a 512×512×800 scan stays under 4 GiB).
+    """
+    out = np.empty(reference.array.shape, dtype=np.float16)
+    for z0 in range(0, out.shape[0], slab):
+        z1 = min(z0 + slab, out.shape[0])
+        moving = _slab(prob, z0, z1)
+        moving = moving.with_array(np.asarray(moving.array, dtype=np.float32))
+        ref = _slab(reference, z0, z1)
+        out[z0:z1] = resample_to(moving, ref, interpolation="linear").array
+    return out
+
+
 def segment(
     source: str | os.PathLike[str] | Volume,
     model: SegmentationModel | str | os.PathLike[str] | None = None,
@@ -129,14 +151,13 @@ def segment(
 
     t = time.perf_counter()
     prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device)
+    # From here on only the model grid's geometry is needed, not its CT voxels.
+    work = work.with_array(prob)
     times["inference_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if needs_resample:
-        prob_canon = resample_to(work.with_array(prob.astype(np.float32)), canon,
-                                 interpolation="linear").array
-    else:
-        prob_canon = prob
+    prob_canon = _resample_slabs(work, canon) if needs_resample else prob
+    del work, prob
     raw = prob_canon >= net.threshold
     cleaned, report = clean_mask(raw, canon.spacing, cfg.postprocess)
     canon_mask = canon.with_array(cleaned)
@@ -145,6 +166,7 @@ def segment(
     if cfg.keep_probabilities:
         probabilities = _back_to_input_grid(
             canon.with_array(np.asarray(prob_canon, dtype=np.float32)), vol, "linear")
+    del prob_canon
     times["postprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -16,18 +16,32 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spineseg.data.preprocess import Preprocessing
+from spineseg.errors import InputError
 from spineseg.inference.model_file import SegmentationModel
+from spineseg.inference.optimize import OptimizeConfig, optimize_network
 
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Knobs of slice inference (all of them change speed, none changes what is computed)."""
+    """Knobs of slice inference: they change speed, not the thresholded mask.
+
+    ``fold_batchnorm`` and ``channels_last`` rewrite the network for inference
+    (:mod:`spineseg.inference.optimize`; probabilities agree to ~1e-6). ``skip_boneless_slices``
+    leaves the probability of a slice at 0 without running the network when no voxel of it is
+    denser than ``bone_hu``; it is off by default because on real torso CTs nearly every slice
+    holds bone (docs/performance.md), so it rarely pays, and it is the one knob that could, on
+    an extreme scan, change the output.
+    """
 
     batch_size: int = 8
     crop_to_body: bool = True
     body_threshold_hu: float = -500.0
     margin_vox: int = 8
     progress: bool = True
+    fold_batchnorm: bool = True
+    channels_last: bool = True
+    skip_boneless_slices: bool = False
+    bone_hu: float = 150.0
 
 
 def body_bounding_box(hu: np.ndarray, threshold: float, margin: int) -> tuple[slice, slice]:
@@ -67,6 +81,8 @@ def predict_probabilities(
     ``hu`` must already be in the canonical orientation at the model's in-plane spacing.
     """
     cfg = config or PredictConfig()
+    if cfg.batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
     pre: Preprocessing = model.preprocessing
     dev = torch.device(device)
     out = np.zeros(hu.shape, dtype=np.float16)
@@ -74,23 +90,37 @@ def predict_probabilities(
               else (slice(0, hu.shape[1]), slice(0, hu.shape[2])))
     air = float(pre.normalize(np.array([pre.hu_min]))[0])
     use_amp = dev.type == "cuda"
-    net = model.network
+    # A deep copy (milliseconds for these networks), so the caller's model is never rewritten.
+    net = optimize_network(model.network, OptimizeConfig(
+        fold_batchnorm=cfg.fold_batchnorm, channels_last=cfg.channels_last or dev.type == "cuda"))
+    channels_last = cfg.channels_last or dev.type == "cuda"
+    todo = np.arange(hu.shape[0])
+    if cfg.skip_boneless_slices:
+        todo = np.flatnonzero((hu[:, ys, xs] > cfg.bone_hu).any(axis=(1, 2)))
     bar = tqdm(total=hu.shape[0], desc="slices", unit="slice", disable=not cfg.progress,
                leave=False)
+    bar.update(hu.shape[0] - todo.size)
+    h, w = ys.stop - ys.start, xs.stop - xs.start
     try:
-        for z0 in range(0, hu.shape[0], cfg.batch_size):
-            z1 = min(z0 + cfg.batch_size, hu.shape[0])
-            batch = torch.from_numpy(pre.normalize(hu[z0:z1, ys, xs]))[:, None]
+        for i0 in range(0, todo.size, cfg.batch_size):
+            zs = todo[i0:i0 + cfg.batch_size]
+            # Consecutive indices (always, unless slices are skipped) are a view, not a copy.
+            zsel = slice(int(zs[0]), int(zs[-1]) + 1) if zs[-1] - zs[0] + 1 == zs.size else zs
+            batch = torch.from_numpy(pre.normalize(hu[zsel, ys, xs]))[:, None]
             batch, oy, ox = _pad_to_multiple(batch, model.divisor, air)
             batch = batch.to(dev, non_blocking=True)
-            if dev.type == "cuda":
+            if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, enabled=use_amp):
                 logits = net(batch)
             prob = torch.sigmoid(logits[:, 0].float())
-            h, w = ys.stop - ys.start, xs.stop - xs.start
-            out[z0:z1, ys, xs] = prob[:, oy:oy + h, ox:ox + w].cpu().numpy().astype(np.float16)
-            bar.update(z1 - z0)
+            crop = prob[:, oy:oy + h, ox:ox + w].cpu().numpy().astype(np.float16)
+            if isinstance(zsel, slice):
+                out[zsel, ys, xs] = crop
+            else:
+                for k, z in enumerate(zsel):
+                    out[int(z), ys, xs] = crop[k]
+            bar.update(zs.size)
     finally:
         bar.close()
     return out

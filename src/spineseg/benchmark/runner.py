@@ -1,0 +1,296 @@
+"""``run_benchmark``: the shipped pipeline and two peer networks, one process, one input.
+
+What is timed is ``spineseg.inference.pipeline.segment`` from a NIfTI file on disk (read →
+reorient → resample → slice inference → threshold → clean → mesh), median of ``repeats`` runs
+after one warm-up run (the first run pays for oneDNN kernel selection and page faults). Peers get
+the same input; MONAI's BasicUNet runs through the very same pipeline on the middle
+``peer_slices`` slices (ours is re-timed on the same slices for its ratio); the nnU-Net 3-D
+network runs on the whole volume, because its cost is per 3 mm window, not per slice.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spineseg.benchmark.memory import PIPELINE_PHASES, PeakRSS
+from spineseg.benchmark.peers import (
+    NnUNetFastSpec,
+    basic_unet_model,
+    build_nnunet_fast,
+    run_nnunet_fast,
+)
+from spineseg.data.phantom import PhantomConfig, generate_phantom
+from spineseg.data.preprocess import Preprocessing
+from spineseg.errors import InputError
+from spineseg.inference.model_file import (
+    SegmentationModel,
+    load_segmentation_model,
+    save_segmentation_model,
+)
+from spineseg.inference.optimize import configure_threads, physical_cores
+from spineseg.inference.pipeline import SegmentConfig, segment
+from spineseg.inference.predict import PredictConfig
+from spineseg.io import Volume, write_image
+from spineseg.models import build_model
+from spineseg.reconstruction import MeshConfig
+
+__all__ = ["BenchmarkConfig", "BenchmarkReport", "build_volume", "machine_info",
+           "prepare_model_file", "run_benchmark"]
+
+# The shipped default's architecture (random weights time the same arithmetic).
+DEFAULT_MODEL = ("msrunet", {"base_width": 16, "depth": 4})
+# Phantoms are generated at most this many slices deep, then mirror-tiled along z: generation
+# holds several float64 copies of the volume, which would dwarf what is being measured.
+MAX_GENERATED_SLICES = 100
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to run. ``base_width`` only matters without ``model_path`` (random-weight model)."""
+
+    size: int = 512
+    slices: int = 300
+    repeats: int = 3
+    device: str = "cpu"
+    model_path: str | None = None
+    base_width: int = 16
+    depth: int = 4
+    threads: int | None = None
+    batch_size: int = 8
+    peers: bool = True
+    nnunet: bool = True
+    peer_slices: int = 48
+    peer_repeats: int = 1
+    nnunet_spec: NnUNetFastSpec = field(default_factory=NnUNetFastSpec)
+    mesh: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 32 or self.slices < 4:
+            raise InputError(f"benchmark volume must be at least 32×32×4, got "
+                             f"{self.size}×{self.size}×{self.slices}")
+        if self.repeats < 1 or self.peer_repeats < 1 or self.peer_slices < 1:
+            raise InputError("repeats, peer_repeats and peer_slices must be >= 1")
+
+
+@dataclass
+class BenchmarkReport:
+    """Everything measured; ``to_dict`` is the ``--json`` output."""
+
+    machine: dict[str, Any]
+    input: dict[str, Any]
+    ours: dict[str, Any]
+    peers: dict[str, dict[str, Any]]
+    ratios: dict[str, float]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, RAM, torch/MONAI versions, threads, load (other jobs skew timings)."""
+    import monai
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu, "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+        "ram_bytes": ram, "torch": torch.__version__, "monai": monai.__version__,
+        "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def build_volume(size: int, slices: int, seed: int = 0) -> tuple[Volume, list[str]]:
+    """A phantom of ``size × size × slices`` (int16 HU) at 0.8 mm in-plane, and how it was made.
+
+    From 400 voxels up the whole body is in view (a 512 matrix covers 410 mm, as a typical
+    abdominal CT); smaller sizes are a tight field of view around the column, so that a small
+    benchmark has small slices rather than a body squeezed into coarse pixels. At most :data:`MAX_GENERATED_SLICES` are generated; deeper volumes repeat them mirrored
+    along z (mirroring keeps the anatomy continuous at the seams).
+    """
+    gen = min(slices, MAX_GENERATED_SLICES)
+    body = size >= 400
+    cfg = PhantomConfig(shape=(size, size, max(gen, 16)), inplane_spacing_mm=(0.8, 0.8),
+                        slice_thickness_mm=(1.0, 1.0), min_z_extent_mm=16.0,
+                        crop_prob=0.0 if body else 1.0, reorient_prob=0.0, center_level="L1")
+    ph = generate_phantom(seed, cfg)
+    block = np.asarray(ph.ct.array)
+    fov = "whole-body" if body else "tight (column-centred)"
+    notes = [f"input: synthetic phantom (seed {seed}), {fov} field of view, "
+             f"{ph.ct.spacing[0]:.2f} mm in-plane, {ph.ct.spacing[2]:.2f} mm slices"]
+    if slices > block.shape[0]:
+        reps = -(-slices // block.shape[0])
+        block = np.concatenate([block if i % 2 == 0 else block[::-1] for i in range(reps)])
+        notes.append(f"{block.shape[0] // reps} generated slices mirror-tiled along z to "
+                     f"{slices}")
+    arr = np.ascontiguousarray(block[:slices], dtype=np.int16)
+    return Volume(arr, ph.ct.spacing, ph.ct.origin, ph.ct.direction), notes
+
+
+def prepare_model_file(model_path: str | None, folder: Path, base_width: int = 16,
+                       depth: int = 4) -> tuple[Path, str]:
+    """``model_path`` itself, or a random-weight model of the shipped architecture in ``folder``."""
+    if model_path is not None:
+        return Path(model_path), f"model: {model_path}"
+    name, config = DEFAULT_MODEL
+    config = {**config, "base_width": base_width, "depth": depth}
+    torch.manual_seed(0)
+    net = build_model(name, **config)
+    path = folder / f"random-{name}-w{base_width}.pt"
+    save_segmentation_model(path, model_name=name, model_config=net.config.to_dict(),
+                            state_dict=net.state_dict(), preprocessing=Preprocessing())
+    return path, (f"model: {name} base_width={base_width} depth={depth} with RANDOM weights "
+                  "(same arithmetic as trained weights, so the same time)")
+
+
+def _subvolume(vol: Volume, n: int) -> Volume:
+    z0 = max((vol.array.shape[0] - n) // 2, 0)
+    origin = vol.to_sitk().TransformIndexToPhysicalPoint((0, 0, int(z0)))
+    return Volume(np.ascontiguousarray(vol.array[z0:z0 + n]), vol.spacing, tuple(origin),
+                  vol.direction)
+
+
+def _time_segment(path: Path, model: SegmentationModel, cfg: SegmentConfig, repeats: int,
+                  ) -> dict[str, Any]:
+    """Median wall time, network time and peak RSS of ``segment`` over ``repeats`` runs."""
+    totals, nets, peaks, phase_peaks = [], [], [], []
+    runtime: dict[str, float] = {}
+    for _ in range(repeats):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            res = segment(path, model, cfg)
+            totals.append(time.perf_counter() - t)
+        runtime = dict(res.stats["runtime_s"])
+        nets.append(float(runtime["inference_s"]))
+        peaks.append(mem.peak_bytes)
+        phase_peaks.append(mem.phase_peaks({k: float(runtime.get(k, 0.0))
+                                            for k in PIPELINE_PHASES}))
+    n = int(res.stats["slices_total"])
+    total, net = statistics.median(totals), statistics.median(nets)
+    return {"slices": n, "seconds": total, "slices_per_s": n / total,
+            "network_seconds": net, "network_slices_per_s": n / net,
+            "peak_rss_bytes": max(peaks), "phase_peak_rss_bytes": phase_peaks[-1],
+            "phases_s": runtime, "repeats": repeats, "all_seconds": totals}
+
+
+def run_benchmark(config: BenchmarkConfig | None = None,
+                  progress: Callable[[str], None] | None = None) -> BenchmarkReport:
+    """Run the benchmark; ``progress`` (e.g. the CLI's stderr printer) hears each stage."""
+    cfg = config or BenchmarkConfig()
+    say = progress or (lambda _msg: None)
+    threads = configure_threads(cfg.threads)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="spineseg-bench-") as tmp:
+        folder = Path(tmp)
+        say(f"building a {cfg.size}×{cfg.size}×{cfg.slices} phantom")
+        vol, vol_notes = build_volume(cfg.size, cfg.slices, cfg.seed)
+        notes += vol_notes
+        ct_path = write_image(vol, folder / "ct.nii.gz")
+        model_path, model_note = prepare_model_file(cfg.model_path, folder, cfg.base_width,
+                                                    cfg.depth)
+        notes.append(model_note)
+        model = load_segmentation_model(model_path, device=cfg.device)
+        seg_cfg = SegmentConfig(device=cfg.device,
+                                predict=PredictConfig(batch_size=cfg.batch_size, progress=False),
+                                mesh=MeshConfig() if cfg.mesh else None)
+        sub = _subvolume(vol, min(cfg.peer_slices, cfg.slices))
+        sub_path = write_image(sub, folder / "ct_sub.nii.gz")
+
+        say("warm-up run (not timed)")
+        warm = _subvolume(vol, min(cfg.batch_size, cfg.slices))
+        warm_path = write_image(warm, folder / "warm.nii.gz")
+        segment(warm_path, model, seg_cfg)
+        say(f"timing the spineseg pipeline ({cfg.repeats} runs)")
+        ours = _time_segment(ct_path, model, seg_cfg, cfg.repeats)
+        ours["model"] = {"name": model.model_name, "config": model.model_config,
+                         "parameters": sum(p.numel() for p in model.network.parameters())}
+        peers: dict[str, dict[str, Any]] = {}
+        ratios: dict[str, float] = {}
+
+        if cfg.peers:
+            say(f"timing MONAI BasicUNet in the same pipeline on {sub.array.shape[0]} slices")
+            ours_sub = _time_segment(sub_path, model, seg_cfg, cfg.peer_repeats)
+            basic = basic_unet_model(model.preprocessing, model.threshold)
+            variants = {}
+            # The peer gets the better of plain eager mode and spineseg's own rewrites.
+            for label, fold, cl in (("plain", False, False), ("optimised", True, True)):
+                pcfg = SegmentConfig(device=cfg.device, mesh=seg_cfg.mesh, predict=PredictConfig(
+                    batch_size=cfg.batch_size, progress=False, fold_batchnorm=fold,
+                    channels_last=cl))
+                segment(warm_path, basic, pcfg)
+                variants[label] = _time_segment(sub_path, basic, pcfg, cfg.peer_repeats)
+            best = max(variants.values(), key=lambda v: v["slices_per_s"])
+            best["parameters"] = sum(p.numel() for p in basic.network.parameters())
+            peers["monai_basicunet"] = {**best, "variants": {k: v["slices_per_s"]
+                                                             for k, v in variants.items()},
+                                        "ours_same_slices": ours_sub}
+            ratios["monai_basicunet"] = ours_sub["slices_per_s"] / best["slices_per_s"]
+            notes.append(f"MONAI BasicUNet measured on the middle {sub.array.shape[0]} slices "
+                         "(best of plain / BN-folded+channels-last), compared with spineseg on "
+                         "the same slices; rates are slices/s")
+        if cfg.peers and cfg.nnunet:
+            spec = cfg.nnunet_spec
+            say("timing nnU-Net 3-D (TotalSegmentator --fast network) on the whole volume")
+            net3d = build_nnunet_fast(spec)
+            from spineseg.io import read_image
+
+            with torch.inference_mode():  # warm-up: one patch
+                net3d(torch.zeros(1, 1, *spec.patch_zyx))
+            runs = []
+            with PeakRSS() as mem:
+                for _ in range(cfg.peer_repeats):
+                    t = time.perf_counter()
+                    r = run_nnunet_fast(read_image(ct_path), net3d, spec)
+                    r["seconds"] = time.perf_counter() - t
+                    runs.append(r)
+            n = int(vol.array.shape[0])
+            sec = statistics.median(r["seconds"] for r in runs)
+            net_s = statistics.median(r["network_s"] for r in runs)
+            peers["nnunet_3d_fast"] = {
+                "slices": n, "seconds": sec, "slices_per_s": n / sec, "network_seconds": net_s,
+                "network_slices_per_s": n / net_s, "peak_rss_bytes": mem.peak_bytes,
+                "windows": runs[-1]["windows"], "grid_zyx": runs[-1]["grid_zyx"],
+                "spec": asdict(spec), "repeats": cfg.peer_repeats,
+                "parameters": sum(p.numel() for p in net3d.parameters())}
+            ratios["nnunet_3d_fast"] = ours["slices_per_s"] / peers["nnunet_3d_fast"][
+                "slices_per_s"]
+            notes.append("nnU-Net 3-D fast measured on the whole volume (read → 3 mm → sliding "
+                         "window → argmax → input grid) with random weights")
+    notes.append("random weights time the same arithmetic as trained weights")
+    machine = machine_info(cfg.device)
+    machine["torch_threads"] = threads
+    inp = {"shape_xyz": [int(s) for s in vol.shape_xyz],
+           "spacing_mm": [round(float(s), 4) for s in vol.spacing], "dtype": "int16",
+           "format": "NIfTI (.nii.gz)"}
+    return BenchmarkReport(machine=machine, input=inp, ours=ours, peers=peers, ratios=ratios,
+                           notes=notes)

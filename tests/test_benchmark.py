@@ -1,0 +1,74 @@
+"""The benchmark runs end to end in its --tiny configuration (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spineseg.benchmark import MemoryConfig, measure_segment_memory
+from spineseg.benchmark.peers import NnUNetFastSpec, build_nnunet_fast
+from spineseg.benchmark.runner import build_volume
+from spineseg.cli.main import main
+from spineseg.errors import ModelError
+
+try:
+    import dynamic_network_architectures  # noqa: F401
+
+    HAVE_NNUNET = True
+except ImportError:
+    HAVE_NNUNET = False
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    extra = [] if HAVE_NNUNET else ["--no-nnunet"]
+    assert main(["benchmark", "--tiny", "--threads", "1", *args, *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_tiny_benchmark_prints_both_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _cli([], capsys)
+    assert "vs MONAI BasicUNet: " in out
+    if HAVE_NNUNET:
+        assert "vs nnU-Net 3D fast: " in out
+    assert "RANDOM weights" in out and "torch threads" in out
+    ratio = next(line for line in out.splitlines() if line.startswith("vs MONAI"))
+    assert float(ratio.split(":")[1].strip().rstrip("×")) > 0
+
+
+def test_tiny_benchmark_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    rep = json.loads(_cli(["--json", "--no-peers"], capsys))
+    assert set(rep) == {"machine", "input", "ours", "peers", "ratios", "notes"}
+    assert rep["input"]["shape_xyz"] == [64, 64, 8]
+    ours = rep["ours"]
+    for key in ("seconds", "slices_per_s", "network_seconds", "network_slices_per_s",
+                "peak_rss_bytes", "phases_s", "model"):
+        assert key in ours
+    assert ours["slices"] == 8 and ours["peak_rss_bytes"] > 10 * 2**20
+    assert ours["network_seconds"] <= ours["seconds"]
+    assert rep["machine"]["torch_threads"] == 1 and rep["peers"] == {}
+
+
+def test_build_volume_tiles_deep_volumes_mirrored() -> None:
+    vol, notes = build_volume(48, 130)
+    assert vol.array.shape == (130, 48, 48) and vol.array.dtype.name == "int16"
+    assert any("mirror-tiled" in n for n in notes)
+    # Mirrored: slice 100 repeats slice 99, so the anatomy is continuous at the seam.
+    assert (vol.array[100] == vol.array[99]).all()
+
+
+def test_nnunet_peer_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dynamic_network_architectures", None)
+    monkeypatch.setitem(sys.modules, "dynamic_network_architectures.architectures.unet", None)
+    with pytest.raises(ModelError, match="dynamic-network-architectures"):
+        build_nnunet_fast(NnUNetFastSpec.tiny())
+
+
+def test_memory_check_runs_in_a_child_process() -> None:
+    rep = measure_segment_memory(MemoryConfig(size=48, slices=24, threads=1, mesh=False,
+                                              limit_gib=64.0))
+    assert rep.shape_xyz == [48, 48, 24]
+    assert rep.peak_rss_bytes > rep.input_bytes and rep.within_limit
+    assert rep.peak_phase in rep.phase_peaks_bytes
