@@ -100,7 +100,7 @@ def test_empty_folder(tmp_path, capfd):
 def test_folder_without_dicom(tmp_path, capfd):
     folder = tmp_path / "d"
     folder.mkdir()
-    (folder / "readme.txt").write_text("not an image")
+    (folder / "readme.txt").write_text("not an image", encoding="utf-8")
     (folder / "x.dcm").write_bytes(b"\x00" * 300)
     assert "no DICOM" in _fails_cleanly(capfd, folder, INPUT)
 

@@ -63,4 +63,4 @@ def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
         tmp.write_bytes(b"partial")
         raise RuntimeError("crash mid-write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
-    assert path.read_text() == "{}"
+    assert path.read_text(encoding="utf-8") == "{}"

@@ -120,7 +120,7 @@ def test_cli_evaluate_both_modes(trained, tmp_path, capsys) -> None:
     assert main(["evaluate", "--model", str(ckpt), "--data", str(data), "--split", "val",
                  "-o", str(out)]) == 0
     assert "DSC" in capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["source"]["split"] == "val" and summary["pooled"]["n_cases"] == 1
     assert (out / "metrics.csv").is_file() and (out / "summary.md").is_file()
     assert main(["evaluate", "--model", str(ckpt), "--data", str(data), "-o", str(out)]) == 4

@@ -200,19 +200,19 @@ def test_table2_end_to_end(table2_dir: Path, dataset: Path) -> None:
                      for p in (table2_dir / "runs").rglob(RESULT_FILE))
     assert markers == ["table1/msrunet-dice", "table1/unet-dice", "table2/case2",
                        "table2/case3", "table2/case5"]
-    result = json.loads(next((table2_dir / "runs").rglob(RESULT_FILE)).read_text())
+    result = json.loads(next((table2_dir / "runs").rglob(RESULT_FILE)).read_text(encoding="utf-8"))
     assert 0.0 <= result["dsc"] <= 1.0 and result["test_cases"] == ["phantom_000002"]
-    summary = json.loads((table2_dir / "table2.json").read_text())
+    summary = json.loads((table2_dir / "table2.json").read_text(encoding="utf-8"))
     assert [c["cell"] for c in summary["cells"]] == [c.name for c in spec.cells]
 
 
 def test_second_call_trains_nothing(table2_dir: Path, dataset: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    before = (table2_dir / "runs/table2/case2/seed0/metrics.csv").read_text()
+    before = (table2_dir / "runs/table2/case2/seed0/metrics.csv").read_text(encoding="utf-8")
     calls = _count_train_calls(monkeypatch)
     assert main(_args("table2", dataset, table2_dir)) == 0
     assert calls == []
-    assert (table2_dir / "runs/table2/case2/seed0/metrics.csv").read_text() == before
+    assert (table2_dir / "runs/table2/case2/seed0/metrics.csv").read_text(encoding="utf-8") == before
 
 
 def test_interrupted_seed_resumes_without_retraining(table2_dir: Path, dataset: Path,
@@ -222,11 +222,11 @@ def test_interrupted_seed_resumes_without_retraining(table2_dir: Path, dataset: 
     shutil.copytree(table2_dir, out)
     seed = out / "runs/table2/case3/seed0"
     (seed / RESULT_FILE).unlink()  # stopped after training, before evaluation finished
-    epochs_before = (seed / "metrics.csv").read_text()
+    epochs_before = (seed / "metrics.csv").read_text(encoding="utf-8")
     calls = _count_train_calls(monkeypatch)
     assert main(_args("table2", dataset, out)) == 0
     assert calls == [str(seed)]  # only the unfinished seed, resumed from its last.pt
-    assert (seed / "metrics.csv").read_text() == epochs_before  # no epoch was recomputed
+    assert (seed / "metrics.csv").read_text(encoding="utf-8") == epochs_before  # no epoch was recomputed
     assert (seed / RESULT_FILE).is_file()
 
 
@@ -244,9 +244,9 @@ def test_another_profile_in_the_same_folder_is_refused(table2_dir: Path, dataset
 def test_unowned_outputs_are_not_overwritten(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "docs"
     out.mkdir()
-    (out / "table2.md").write_text("hand-written\n")
+    (out / "table2.md").write_text("hand-written\n", encoding="utf-8")
     assert main(_args("table2", dataset, out)) != 0
-    assert (out / "table2.md").read_text() == "hand-written\n"
+    assert (out / "table2.md").read_text(encoding="utf-8") == "hand-written\n"
 
 
 def test_figures(table2_dir: Path, dataset: Path, tmp_path: Path) -> None:

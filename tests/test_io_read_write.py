@@ -125,10 +125,10 @@ def test_dicom_overwrite_only_replaces_a_dicom_folder(small_ct, tmp_path):
         write_dicom_series(small_ct, folder)
     write_dicom_series(small_ct.with_array(small_ct.array - 5), folder, overwrite=True)
     np.testing.assert_array_equal(read_image(folder).array, small_ct.array - 5)
-    (folder / "notes.txt").write_text("mine")
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(OutputError, match=r"other than \.dcm"):
         write_dicom_series(small_ct, folder, overwrite=True)
-    assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_unsupported_output_extension(small_ct, tmp_path):

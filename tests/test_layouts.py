@@ -90,7 +90,7 @@ def test_totalsegmentator_structures_exclude_sacrum(tmp_path: Path) -> None:
 ])
 def test_nnunet_labels_by_name(tmp_path: Path, labels: dict[str, object]) -> None:
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels,
-                                                       "file_ending": ".nii.gz"}))
+                                                       "file_ending": ".nii.gz"}), encoding="utf-8")
     touch(tmp_path / "imagesTr/c1_0000.nii.gz"), touch(tmp_path / "imagesTr/c1_0001.nii.gz")
     touch(tmp_path / "labelsTr/c1.nii.gz")
     layout, cases = find_cases(tmp_path)

@@ -100,11 +100,11 @@ def test_report_files_nan_handling_and_no_overwrite(tmp_path) -> None:
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["case"] for r in rows] == ["good", "missed"]
     assert rows[1]["hd95_mm"] == "" and float(rows[0]["dice"]) == 1.0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["cases"][1]["hd95_mm"] is None
     assert summary["pooled"]["n_undefined"]["hd95_mm"] == 1
     assert summary["pooled"]["dsc"] == pytest.approx(result.pooled.dsc)
-    md = (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text(encoding="utf-8")
     assert "| missed |" in md and "n/a" in md and "pooled" in md
     with pytest.raises(OutputError):
         write_report(result, out)

@@ -180,7 +180,7 @@ def test_write_case_and_cli(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ct.array, ref.ct.array)
     dcm = read_image(out / "dicom" / images[0].name.replace(".nii.gz", ""))
     np.testing.assert_allclose(dcm.spacing, ct.spacing, atol=1e-3)
-    params = json.loads((out / "params" / images[0].name.replace(".nii.gz", ".json")).read_text())
+    params = json.loads((out / "params" / images[0].name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
     assert params["seed"] == 3
     assert main(["phantom", "-o", str(out), "--cases", "1", "--seed", "3",
                  "--size", "64", "64", "24"]) == OutputError.exit_code

@@ -41,7 +41,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def back_to_source(dataset: Path, case: str, reference: Volume) -> np.ndarray:
     """The prepared mask, on the source image grid (via the meta.json geometry)."""
     d = dataset / "cases" / case
-    meta = json.loads((d / "meta.json").read_text())
+    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
     mask = np.load(d / "mask.npy")
     assert list(mask.shape) == meta["shape_zyx"]
     vol = Volume(mask, tuple(meta["spacing"]), tuple(meta["origin"]), tuple(meta["direction"]))
@@ -138,7 +138,7 @@ def test_totalsegmentator_tree(ts_tree: tuple[Path, dict], tmp_path: Path) -> No
         assert hu[mask > 0].mean() > 180
     s1 = read_image(src / "s01/segmentations/vertebrae_S1.nii.gz").array > 0
     assert s1.any() and not back_to_source(out, "s01", truth["s01"][0])[s1].any()  # S1 excluded
-    meta = json.loads((out / "cases/s01/meta.json").read_text())
+    meta = json.loads((out / "cases/s01/meta.json").read_text(encoding="utf-8"))
     assert meta["direction"] == [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]  # RAS source -> LPS
     assert meta["source"]["direction"][0] == -1.0
 

@@ -201,7 +201,7 @@ def _empty_dir(d: Path) -> Path:
 def _no_dicom(d: Path) -> Path:
     p = d / "notes"
     p.mkdir()
-    (p / "readme.txt").write_text("no images here\n")
+    (p / "readme.txt").write_text("no images here\n", encoding="utf-8")
     (p / "scan.dcm").write_bytes(b"not dicom either" * 30)
     return p
 
@@ -335,7 +335,7 @@ def test_prepare_bad_case_is_reported_and_others_prepared(kind, tmp_path, capfd)
     *per_case, last = err
     assert per_case and all(ln.startswith("failed: bad:") for ln in per_case), err
     assert last.startswith("error: 1 of 2 cases failed") and "bad" in last
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert sorted(manifest["cases"]) == ["good"]
     assert not (out / "cases" / "bad").exists() or not any((out / "cases" / "bad").iterdir())
     assert_no_debris(out)
@@ -357,7 +357,7 @@ def test_prepare_bad_source_folder(kind, tmp_path, capfd):
     if kind != "missing":
         src.mkdir()
     if kind == "no_layout":
-        (src / "notes.txt").write_text("hello")
+        (src / "notes.txt").write_text("hello", encoding="utf-8")
     out = tmp_path / "ds"
     rc, _, err = run_cli(capfd, ["prepare", src, "-o", out, "--no-progress"])
     assert rc == (INPUT if kind == "missing" else DATA)
@@ -406,7 +406,7 @@ def test_evaluate_other_grid_overlapping_is_aligned(tmp_path, capfd):
                                       "-o", tmp_path / "r"])
     assert rc == 0, err
     assert stdout.startswith("1 case(s): DSC")
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text(encoding="utf-8"))
     assert summary["pooled"]["dsc"] > 0.8
 
 
@@ -439,7 +439,7 @@ def test_train_bad_dataset(kind, dataset, tmp_path, capfd):
     if kind != "missing":
         data.mkdir()
     if kind == "junk_manifest":
-        (data / "manifest.json").write_text("{ this is not json")
+        (data / "manifest.json").write_text("{ this is not json", encoding="utf-8")
     elif kind == "empty_manifest":
         (data / "manifest.json").write_bytes(b"")
     elif kind == "truncated_array":
@@ -463,7 +463,7 @@ def test_train_bad_dataset(kind, dataset, tmp_path, capfd):
 def test_unwritable_output_is_refused_before_any_work(model_file, tmp_path, capfd, monkeypatch):
     src = write_image(ct_volume(), tmp_path / "ct.nii.gz")
     blocker = tmp_path / "file.txt"
-    blocker.write_text("a regular file")
+    blocker.write_text("a regular file", encoding="utf-8")
     import spineseg.inference.pipeline as pipeline
 
     def no_work(*a, **k):  # refusing must not need the (expensive) segmentation
@@ -473,7 +473,7 @@ def test_unwritable_output_is_refused_before_any_work(model_file, tmp_path, capf
     rc, _, err = run_cli(capfd, segment_argv(src, blocker / "out", model_file))
     assert rc == OUTPUT
     assert_one_error(err, "file.txt")
-    assert blocker.read_text() == "a regular file"
+    assert blocker.read_text(encoding="utf-8") == "a regular file"
     # the same for the other commands that write
     rc, _, err = run_cli(capfd, ["evaluate", "--pred", tmp_path, "--ref", tmp_path,
                                  "-o", blocker / "rep"])
@@ -491,7 +491,7 @@ def test_unwritable_output_is_refused_before_any_work(model_file, tmp_path, capf
 
 def test_train_unwritable_output(dataset, tmp_path, capfd):
     blocker = tmp_path / "file.txt"
-    blocker.write_text("x")
+    blocker.write_text("x", encoding="utf-8")
     rc, _, err = run_cli(capfd, ["train", "--data", dataset, "-o", blocker / "run", *TRAIN])
     assert rc == OUTPUT, err
     assert_one_error(err, "file.txt")
@@ -560,14 +560,14 @@ def test_two_dicom_series_larger_chosen_and_recorded(model_file, tmp_path, capfd
     rc, _, err = run_cli(capfd, segment_argv(both, tmp_path / "o1", model_file))
     assert rc == 0, err
     assert any("2 DICOM series" in ln for ln in err)  # a warning, not an error
-    stats = json.loads((tmp_path / "o1" / "stats.json").read_text())
+    stats = json.loads((tmp_path / "o1" / "stats.json").read_text(encoding="utf-8"))
     assert stats["input"]["shape_xyz"] == [32, 32, 8]
     assert "2 DICOM series" in stats["input"]["series_note"] and small_uid in \
         stats["input"]["series_note"]
     rc, _, err = run_cli(capfd, segment_argv(both, tmp_path / "o2", model_file,
                                              "--series", small_uid))
     assert rc == 0, err
-    stats = json.loads((tmp_path / "o2" / "stats.json").read_text())
+    stats = json.loads((tmp_path / "o2" / "stats.json").read_text(encoding="utf-8"))
     assert stats["input"]["shape_xyz"] == [32, 32, 5]
     assert stats["input"]["series_uid"] == small_uid
     rc, _, err = run_cli(capfd, segment_argv(both, tmp_path / "o3", model_file,
@@ -610,14 +610,14 @@ def test_batch_processes_good_cases_despite_bad_ones(model_file, tmp_path, capfd
     assert last.startswith("error: 5 of 7 cases failed") and "summary.csv" in last
     assert sorted(p.name for p in out.iterdir()) == ["a_good", "summary.csv", "z_good"]
     assert_no_debris(out)
-    rows = (out / "summary.csv").read_text().splitlines()
+    rows = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert sum(",failed," in r for r in rows) == 5 and sum(",done," in r for r in rows) == 2
     assert tree_hash(cohort) == before
     # re-running skips the finished cases and retries the failed ones
     rc, stdout, err = run_cli(capfd, segment_argv(cohort, out, model_file))
     assert rc == PARTIAL
     assert "0 segmented" not in stdout  # the summary line is only printed on success
-    rows = (out / "summary.csv").read_text().splitlines()
+    rows = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert sum(",skipped," in r for r in rows) == 2
 
 

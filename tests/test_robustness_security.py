@@ -113,14 +113,14 @@ def test_prepare_interrupted_then_rerun_completes_and_skips(tmp_path, capfd, mon
     argv = ["prepare", str(src), "-o", str(out), "--val", "c2", "--no-progress", "--spacing", "2"]
     assert main(argv) == INTERRUPTED
     one_error(capfd, "interrupted")
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert sorted(manifest["cases"]) == ["c0"]  # the finished case is recorded, nothing else
     assert not temp_files(out)
     monkeypatch.setattr(prepare_mod, "_prepare_case", real)
     assert main(argv) == 0
     stdout = capfd.readouterr().out
     assert "2 prepared, 1 already done, 0 failed" in stdout
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert sorted(manifest["cases"]) == ["c0", "c1", "c2"]
     assert not temp_files(out)
 
@@ -190,7 +190,7 @@ def test_segment_output_write_interrupted_keeps_previous(model_file, tmp_path, c
     before = tree_hash(out)
 
     def crash_mid_write(volume, path, *a, **k):
-        Path(path).write_text("half a NIfTI")
+        Path(path).write_text("half a NIfTI", encoding="utf-8")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(outputs_mod, "write_image", crash_mid_write)

@@ -91,7 +91,7 @@ def test_outputs_complete_atomic_and_not_overwritten(small_ct, model_file, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]  # no staging folder left
     mask = read_image(out / "spine.nii.gz")
     assert mask.same_grid(small_ct)
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     assert stats["spine_volume_ml"] == pytest.approx(
         mask.array.sum() * np.prod(small_ct.spacing) / 1000, rel=1e-3)
     before = (out / "spine.nii.gz").stat().st_mtime_ns
@@ -112,7 +112,7 @@ def test_batch_isolates_failures_and_resumes(small_ct, model_file, tmp_path):
     with pytest.raises(PartialFailure, match="1 of 3"):
         segment_batch(cases, out, model, FAST, cfg)
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", "summary.csv"]
-    summary = (out / "summary.csv").read_text()
+    summary = (out / "summary.csv").read_text(encoding="utf-8")
     assert any(ln.startswith("c,") and ",failed," in ln for ln in summary.splitlines())
     with pytest.raises(PartialFailure):  # the corrupt case still fails; a and b are skipped
         segment_batch(cases, out, model, FAST, cfg)

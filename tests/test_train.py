@@ -51,7 +51,7 @@ def write_tiny_dataset(root: Path, splits=("train", "train", "train", "val", "te
         np.save(d / "mask.npy", mask)
         fg = [int(k) for k in np.flatnonzero(mask.any(axis=(1, 2)))]
         (d / "meta.json").write_text(json.dumps({"spacing": [1.0, 1.0, 2.5],
-                                                 "foreground_slices": fg}))
+                                                 "foreground_slices": fg}), encoding="utf-8")
         manifest.cases[cid] = CaseEntry(
             split=split, kind="phantom", patient=cid, source="synthetic", shape=list(shape),
             spacing=[1.0, 1.0, 2.5], slices=z, fg_slices=len(fg),
@@ -210,6 +210,6 @@ def test_cli_train_then_evaluate_on_prepared_phantoms(tmp_path, capsys) -> None:
     report = tmp_path / "report"
     assert main(["evaluate", "--model", str(run / "best.pt"), "--data", str(tmp_path / "ds"),
                  "-o", str(report), "--device", "cpu"]) == 0
-    summary = json.loads((report / "summary.json").read_text())
+    summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     assert summary["pooled"]["n_cases"] == 1 and summary["source"]["model"] == "msrunet"
     assert summary["pooled"]["n_slices"] == 16

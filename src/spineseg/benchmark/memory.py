@@ -32,7 +32,7 @@ _STATUS = Path("/proc/self/status")
 
 def _status_kib(key: str) -> int | None:
     try:
-        for line in _STATUS.read_text().splitlines():
+        for line in _STATUS.read_text(encoding="utf-8").splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
@@ -55,7 +55,7 @@ def lifetime_peak_rss_bytes() -> int:
 def reset_peak_rss() -> bool:
     """Reset this process's VmHWM to its current RSS; False where the kernel does not allow it."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
     except OSError:
         return False
     return _status_kib("VmHWM") is not None

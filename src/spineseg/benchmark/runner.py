@@ -113,7 +113,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         pass
     ram = 0
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemTotal:"):
                 ram = int(line.split()[1]) * 1024
     except (OSError, ValueError):

@@ -69,7 +69,7 @@ def _expected_default_sha() -> str | None:
     record = Path(str(resources.files("spineseg") / "weights" / "spineseg-default.json"))
     if not record.is_file():
         return None
-    return str(json.loads(record.read_text())["sha256"])
+    return str(json.loads(record.read_text(encoding="utf-8"))["sha256"])
 
 
 def read_model_payload(path: str | os.PathLike[str]) -> dict[str, Any]:

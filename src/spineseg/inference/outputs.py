@@ -86,7 +86,7 @@ def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
             src = result.stats.get("input", {}).get("source", "")
             save_preview(result.canonical_ct, result.canonical_mask, result.mesh,
                          stage / "preview.png", title=Path(src).name if src else "")
-        (stage / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
+        (stage / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n", encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         written = []
         # stats.json last: its presence marks a complete case.
