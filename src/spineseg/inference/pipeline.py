@@ -159,7 +159,7 @@ def segment(
     prob_canon = _resample_slabs(work, canon) if needs_resample else prob
     del work, prob
     raw = prob_canon >= net.threshold
-    cleaned, report = clean_mask(raw, canon.spacing, cfg.postprocess)
+    cleaned, report = clean_mask(raw, canon.spacing, cfg.postprocess, hu=np.asarray(canon.array))
     canon_mask = canon.with_array(cleaned)
     mask = _back_to_input_grid(canon_mask, vol, "nearest")
     probabilities = None
