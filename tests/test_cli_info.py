@@ -69,7 +69,7 @@ def test_info_text_block_is_aligned(shared_data, capsys):
 def test_info_json_via_console_script(shared_data):
     exe = Path(sys.executable).with_name("spineseg")
     proc = subprocess.run([str(exe), "info", str(shared_data / "ts_chest_dicom"), "--json"],
-                          capture_output=True, text=True, check=False, timeout=120)
+                          capture_output=True, encoding="utf-8", errors="replace", check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["shape"] == [512, 512, 20]

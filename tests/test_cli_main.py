@@ -32,14 +32,14 @@ def test_help_does_not_import_torch():
     code = ("import sys; from spineseg.cli.main import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch imported for --help'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace",
                           check=False)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "spineseg.cli.main", "--version"],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, encoding="utf-8", errors="replace", check=False)
     assert proc.returncode == 0
     assert "spineseg" in proc.stdout
 

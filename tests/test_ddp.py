@@ -27,7 +27,7 @@ def test_two_process_gloo_run_trains_one_epoch_and_only_rank0_writes(tmp_path) -
          "-m", "spineseg.cli.main", "train", "--data", str(data), "-o", str(run),
          "--model", "unet", "--width", "4", "--depth", "2", "--epochs", "1", "--batch-size", "2",
          "--patch", "32", "--device", "cpu", "--no-augment"],
-        env=env, capture_output=True, text=True, timeout=240)
+        env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("finished after 1 epoch(s)") == 1  # rank 1 printed nothing
     assert sorted(p.name for p in run.iterdir()) == [

@@ -157,7 +157,7 @@ def test_sigterm_saves_last_completed_epoch_and_exits_130(dataset, tmp_path) -> 
          str(run), "--model", "unet", "--width", "4", "--depth", "2", "--epochs", "1000",
          "--batch-size", "4", "--patch", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
          "--no-augment", "--patience", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
     try:
         deadline = time.monotonic() + 120
         while not (run / "last.pt").exists():
