@@ -10,12 +10,12 @@ mkdir -p "$WORK"
 [ -d "$WORK/phantoms/params" ] || $SPINESEG phantom -o "$WORK/phantoms" --cases 40 --seed 200 --size 256 256 96
 ${PYTHON:-.venv/bin/python} tools/real_cases_as_pairs.py "$SHARED" "$WORK/real"
 # 2. Datasets: "final" trains on all three real cases; each loo_<case> holds that case out as test.
-#    Validation = one phantom (never a real case; kept small: it runs every epoch); 2 noisy/osteoporotic copies per real train case.
+#    Validation = one phantom (never a real case; kept small: it runs every epoch); 4 noisy/osteoporotic copies per real train case.
 VAL=phantom_000201
 for spec in final:0 loo_ts_abdomen:ts_abdomen loo_ts_chest:ts_chest loo_verse012:verse012; do
   name=${spec%%:*}; test=${spec#*:}
   $SPINESEG prepare "$WORK/real" -o "$WORK/ds_$name" --add-phantom "$WORK/phantoms" \
-    --val $VAL --test "$test" --noise-copies 2 --seed 0
+    --val $VAL --test "$test" --noise-copies 4 --seed 0
 done
 # 3. Train (one thread each so four runs share two cores without oversubscription).
 for name in final loo_ts_abdomen loo_ts_chest loo_verse012; do

@@ -150,16 +150,18 @@ def build_column(rng: np.random.Generator, scale: float, scoliosis_prob: float) 
 def _fields(name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(occupancy, trabecular fraction) of a template, float32 on its own grid; cached.
 
-    The trabecular fraction is 0 in the outer ~1 mm (cortical shell, endplates) and in thin
-    structures (laminae, processes: local half-thickness < ~3 mm, which are nearly all cortex in
-    real vertebrae) and rises to 1 in the cancellous core of the body.
+    The trabecular fraction is 0 in the outer ~0.5 mm (cortical shell, endplates: 0.3–1 mm in
+    real vertebrae) and low in thin structures (laminae, processes: local half-thickness < ~2 mm)
+    and rises to 1 in the cancellous core. Measured on real CT, most spine voxels are cancellous
+    (ts_abdomen: 84% below 300 HU, median 164 HU); a thicker shell made the phantom spine mostly
+    bright and taught networks "bright rim = spine", leaving vertebral bodies hollow.
     """
     tpl = next(t for t in load_templates()[name] if t.source == source)
     mask = tpl.mask
     sp = tpl.spacing_mm
     edt = ndimage.distance_transform_edt(mask) * sp
     thick = ndimage.maximum_filter(edt, size=7)
-    tau = np.clip(edt - 1.0, 0.0, 1.0) * np.clip((thick - 3.0) / 3.0, 0.0, 1.0)
+    tau = np.clip(edt - 0.5, 0.0, 1.0) * np.clip((thick - 1.5) / 2.5, 0.0, 1.0)
     return mask.astype(np.float32), tau.astype(np.float32)
 
 
