@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from spineseg.cli.main import main
-from spineseg.data.preprocess import Preprocessing
 from spineseg.demo import DemoConfig, run_demo
 from spineseg.errors import OutputError
-from spineseg.inference.model_file import load_segmentation_model, save_segmentation_model
-from spineseg.models import build_model
+from spineseg.inference.model_file import load_segmentation_model
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = build_model("msrunet", base_width=8, depth=2)
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    save_segmentation_model(path, model_name="msrunet", model_config=net.config.to_dict(),
-                            state_dict=net.state_dict(), preprocessing=Preprocessing((2.0, 2.0)))
-    return path
+def tiny_model(tiny_model_file):
+    return tiny_model_file
 
 
 def test_demo_writes_everything_and_scores(tmp_path, tiny_model):

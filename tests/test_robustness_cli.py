@@ -21,15 +21,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spineseg.cli.main import main
-from spineseg.data.preprocess import Preprocessing
-from spineseg.inference.model_file import save_segmentation_model
 from spineseg.io import Volume, write_dicom_series, write_image
-from spineseg.models import build_model
 
 INPUT, OUTPUT, MODEL, DATA, RESOURCE, PARTIAL = 3, 4, 5, 6, 7, 8
 
@@ -247,14 +243,8 @@ def cli_logging(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    net = build_model("msrunet", base_width=8, depth=2)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_segmentation_model(path, model_name="msrunet", model_config=net.config.to_dict(),
-                            state_dict=net.state_dict(),
-                            preprocessing=Preprocessing(spacing_xy=(2.0, 2.0)))
-    return path
+def model_file(tiny_model_file: Path) -> Path:
+    return tiny_model_file
 
 
 def segment_argv(src: Path, out: Path, model: Path, *extra: str) -> list[str]:

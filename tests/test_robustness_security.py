@@ -25,9 +25,7 @@ import spineseg.inference.model_file as model_file_mod
 import spineseg.inference.outputs as outputs_mod
 from spineseg.cli.main import main
 from spineseg.data.preprocess import Preprocessing
-from spineseg.inference.model_file import save_segmentation_model
 from spineseg.io import Volume, write_dicom_series, write_image
-from spineseg.models import build_model
 from spineseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 OUTPUT, MODEL, RESOURCE, INTERRUPTED = 4, 5, 7, 130
@@ -69,14 +67,8 @@ def temp_files(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    net = build_model("msrunet", base_width=8, depth=2)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_segmentation_model(path, model_name="msrunet", model_config=net.config.to_dict(),
-                            state_dict=net.state_dict(),
-                            preprocessing=Preprocessing(spacing_xy=(2.0, 2.0)))
-    return path
+def model_file(tiny_model_file: Path) -> Path:
+    return tiny_model_file
 
 
 def segment_argv(src: Path, out: Path, *extra: str) -> list[str]:
