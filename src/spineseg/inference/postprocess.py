@@ -55,11 +55,12 @@ def _interp_rows(values: np.ndarray) -> np.ndarray:
 
 def body_midline(hu: np.ndarray, threshold: float) -> np.ndarray:
     """Per-slice left–right centre (x index) of everything denser than air, NaN-free."""
-    body = hu > threshold
-    counts = body.sum(axis=(1, 2)).astype(float)
-    xs = (body.sum(axis=1) * np.arange(hu.shape[2])[None, :]).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mid = np.where(counts > 0, xs / counts, np.nan)
+    mid = np.full(hu.shape[0], np.nan)
+    x = np.arange(hu.shape[2])
+    for z in range(hu.shape[0]):  # slice by slice: no whole-volume temporaries
+        cols = (hu[z] > threshold).sum(axis=0)
+        if cols.any():
+            mid[z] = float((cols * x).sum() / cols.sum())
     if np.isnan(mid).all():
         return np.full(hu.shape[0], (hu.shape[2] - 1) / 2.0)
     return _interp_rows(mid[:, None])[:, 0]
@@ -91,8 +92,15 @@ def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
         midline = body_midline(np.asarray(hu), cfg.body_threshold_hu)
     else:
         midline = np.full(binary.shape[0], float(np.nonzero(binary)[2].mean()))
-    cz, cy, cx = (np.asarray(c) for c in zip(
-        *ndimage.center_of_mass(binary, labels, big_ids), strict=True))
+    # Centroids from each component's bounding box: ndimage.center_of_mass would build float64
+    # coordinate volumes of the whole scan (GBs for a 512x512x800 CT).
+    objects = ndimage.find_objects(labels)
+    centroids = np.empty((big_ids.size, 3))
+    for i, cid in enumerate(big_ids):
+        sl = objects[cid - 1]
+        idx = np.nonzero(labels[sl] == cid)
+        centroids[i] = [k.mean() + s.start for k, s in zip(idx, sl, strict=True)]
+    cz, cy, cx = centroids.T
     zi = np.clip(np.rint(cz).astype(int), 0, binary.shape[0] - 1)
     offset_mm = np.abs(cx - midline[zi]) * sx
     core_ids = big_ids[offset_mm <= cfg.max_core_offset_mm]
@@ -100,7 +108,10 @@ def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
         core_ids = big_ids[[int(np.argmax(sizes[big_ids - 1]))]]
 
     # Column axis: per-slice centre of the core, interpolated where the core has a gap.
-    core = np.isin(labels, core_ids)
+    core = np.zeros(binary.shape, dtype=bool)
+    for cid in core_ids:
+        sl = objects[cid - 1]
+        core[sl] |= labels[sl] == cid
     counts = core.sum(axis=(1, 2)).astype(float)
     ys = (core.sum(axis=2) * np.arange(core.shape[1])[None, :]).sum(axis=1)
     xs = (core.sum(axis=1) * np.arange(core.shape[2])[None, :]).sum(axis=1)
@@ -115,10 +126,11 @@ def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
     keep[big_ids] = True
     keep[lateral_ids] = False
     cleaned = keep[labels]
+    del labels, core
     report = PostprocessReport(
         components_in=int(n),
         removed_small=int(small.sum()),
         removed_lateral=int(lateral_ids.size),
         voxels_removed=int(binary.sum() - cleaned.sum()),
     )
-    return cleaned.astype(np.uint8), report
+    return cleaned.view(np.uint8), report
