@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -33,6 +32,7 @@ from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import DataError, GeometryError, InputError, ModelError
 from spineseg.evaluation.metrics import EvaluationResult, VolumeMetrics, volume_metrics
 from spineseg.io import Volume, read_image, resample_to
+from spineseg.models.padding import pad_to_multiple
 
 MASK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -117,15 +117,6 @@ def evaluate_masks(pred_dir: str | os.PathLike[str],
 # --------------------------------------------------------------------------- model on a dataset
 
 
-def _pad_to(x: torch.Tensor, divisor: int, value: float) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (N, C, H, W) on all sides to multiples of ``divisor``; return the (top, left) offset."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
-    return x, (ph // 2, pw // 2)
-
-
 def iter_slice_logits(
     model: nn.Module,
     hu: np.ndarray,
@@ -150,7 +141,7 @@ def iter_slice_logits(
     for start in range(0, hu.shape[0], batch_size):
         x = torch.from_numpy(preprocessing.normalize(hu[start:start + batch_size])[:, None])
         x = x.to(dev, non_blocking=cuda)
-        x, (top, left) = _pad_to(x, divisor, air)
+        x, (top, left) = pad_to_multiple(x, divisor, air)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, enabled=cuda):

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import OptimizeConfig, optimize_network
+from spineseg.models.padding import pad_to_multiple
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,6 @@ def body_bounding_box(hu: np.ndarray, threshold: float, margin: int) -> tuple[sl
     return slice(y0, y1), slice(x0, x1)
 
 
-def _pad_to_multiple(x: torch.Tensor, divisor: int, value: float) -> tuple[torch.Tensor, int, int]:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
-    if ph or pw:
-        # Symmetric-ish padding keeps the anatomy centred; the value is normalised air.
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
-    return x, ph // 2, pw // 2
-
-
 @torch.inference_mode()
 def predict_probabilities(
     model: SegmentationModel,
@@ -107,7 +98,7 @@ def predict_probabilities(
             # Consecutive indices (always, unless slices are skipped) are a view, not a copy.
             zsel = slice(int(zs[0]), int(zs[-1]) + 1) if zs[-1] - zs[0] + 1 == zs.size else zs
             batch = torch.from_numpy(pre.normalize(hu[zsel, ys, xs]))[:, None]
-            batch, oy, ox = _pad_to_multiple(batch, model.divisor, air)
+            batch, (oy, ox) = pad_to_multiple(batch, model.divisor, air)
             batch = batch.to(dev, non_blocking=True)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
