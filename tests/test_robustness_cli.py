@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from spineseg.cli.main import main
 from spineseg.io import Volume, write_dicom_series, write_image
+from synthetic_ct import ct_volume
 
 INPUT, OUTPUT, MODEL, DATA, RESOURCE, PARTIAL = 3, 4, 5, 6, 7, 8
 
@@ -33,17 +34,6 @@ INPUT, OUTPUT, MODEL, DATA, RESOURCE, PARTIAL = 3, 4, 5, 6, 7, 8
 # --------------------------------------------------------------------------- helpers
 
 
-def ct_volume(shape: tuple[int, int, int] = (8, 32, 32), spacing=(2.0, 2.0, 3.0),
-              origin=(0.0, 0.0, 0.0), seed: int = 0) -> Volume:
-    """A CT-like volume: air, a soft-tissue ellipse and a bright 'vertebral body' disk."""
-    rng = np.random.default_rng(seed)
-    z, h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    body = ((yy - h / 2) / (h * 0.42)) ** 2 + ((xx - w / 2) / (w * 0.42)) ** 2 < 1
-    disk = (yy - h * 0.62) ** 2 + (xx - w / 2) ** 2 < (h * 0.12) ** 2
-    hu = np.where(body, 40.0, -1000.0) + np.where(disk, 650.0, 0.0)
-    arr = np.repeat(hu[None], z, axis=0) + rng.normal(0, 15, shape)
-    return Volume(arr.astype(np.int16), spacing, origin)
 
 
 def ct_mask(vol: Volume) -> Volume:

@@ -27,19 +27,11 @@ from spineseg.cli.main import main
 from spineseg.data.preprocess import Preprocessing
 from spineseg.io import Volume, write_dicom_series, write_image
 from spineseg.training.checkpoint import load_checkpoint, save_checkpoint
+from synthetic_ct import ct_volume
 
 OUTPUT, MODEL, RESOURCE, INTERRUPTED = 4, 5, 7, 130
 
 
-def ct_volume(shape=(8, 32, 32), seed: int = 0) -> Volume:
-    rng = np.random.default_rng(seed)
-    z, h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    body = ((yy - h / 2) / (h * 0.42)) ** 2 + ((xx - w / 2) / (w * 0.42)) ** 2 < 1
-    disk = (yy - h * 0.62) ** 2 + (xx - w / 2) ** 2 < (h * 0.12) ** 2
-    hu = np.where(body, 40.0, -1000.0) + np.where(disk, 650.0, 0.0)
-    arr = np.repeat(hu[None], z, axis=0) + rng.normal(0, 15, shape)
-    return Volume(arr.astype(np.int16), (2.0, 2.0, 3.0))
 
 
 def tree_hash(path: Path) -> str:
