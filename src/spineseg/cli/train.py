@@ -11,10 +11,12 @@ from typing import Any
 
 from spineseg.errors import EXIT_INTERRUPTED, InputError
 from spineseg.models import list_models
+from spineseg.training.checkpoint import load_initial_weights
 from spineseg.training.config import (
     DEVICES,
     LOSSES,
     RESUMABLE_OVERRIDES,
+    SAMPLINGS,
     TrainConfig,
     read_train_config,
 )
@@ -26,7 +28,7 @@ _FIELDS: dict[str, str] = {
     "batch_size": "batch_size", "lr": "lr", "patch": "patch_size",
     "foreground_fraction": "foreground_fraction", "patience": "patience", "workers": "workers",
     "seed": "seed", "device": "device", "max_steps_per_epoch": "max_steps_per_epoch",
-    "augment": "augment",
+    "augment": "augment", "sampling": "sampling", "init_weights": "init_weights",
 }
 
 
@@ -66,6 +68,12 @@ def register(subparsers: Any) -> None:
                         "(only --epochs, --patience, --device, --workers may be given)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="training augmentation (default on)")
+    p.add_argument("--sampling", choices=SAMPLINGS,
+                   help="slice: every slice equally likely (default); case: every case equally "
+                        "likely, so short scans are not drowned out by long ones (nnU-Net's way)")
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="fine-tune: start from a checkpoint or model file (e.g. the shipped "
+                        "model); its network is used unless --model/--width/--depth are given")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=run)
 
@@ -112,6 +120,10 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         saved = read_train_config(args.resume)
         merged = {**saved.to_dict(), **given, "out": str(args.resume)}
         return TrainConfig.from_dict(merged), True
+    if args.init_weights is not None and "model" not in given and model_config is None:
+        # The file's network, so `--init-weights best.pt` needs no repeated architecture flags.
+        name, config, _ = load_initial_weights(args.init_weights)
+        given["model"], given["model_config"] = name, config
     if "data" not in given or "out" not in given:
         raise InputError("--data and -o/--output are required (or --resume RUN)")
     return TrainConfig(**given), False

@@ -66,6 +66,11 @@ class SliceDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self._index)
 
+    def case_balanced_weights(self) -> torch.Tensor:
+        """Per-index sampling weights that make every case equally likely (sum 1 per case)."""
+        counts = np.bincount(self._index[:, 0], minlength=len(self.cases)).astype(np.float64)
+        return torch.from_numpy(1.0 / counts[self._index[:, 0]])
+
     def set_epoch(self, epoch: int) -> None:
         """New random crops/augmentations per epoch, still reproducible (call before iterating)."""
         self.epoch = int(epoch)

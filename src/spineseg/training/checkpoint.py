@@ -117,5 +117,32 @@ def load_checkpoint(path: str | os.PathLike[str],
     return payload
 
 
+def load_initial_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
+                                                               dict[str, torch.Tensor]]:
+    """``(model_name, model_config, state_dict)`` of a checkpoint or model file, for fine-tuning.
+
+    Both kinds of file share these keys, so a run's ``best.pt`` and the shipped fp16 model can seed
+    a new run. Loaded with ``weights_only=True``; tensors come back in float32 so the optimiser
+    never sees half-precision master weights.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: initial weights not found")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{p}: refusing to load: not a pure-weights file") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{p}: not a readable weights file ({type(exc).__name__})") from exc
+    keys = ("model_name", "model_config", "state_dict")
+    if not isinstance(payload, dict) or any(k not in payload for k in keys) or not isinstance(
+            payload["state_dict"], dict) or not isinstance(payload["model_config"], dict):
+        raise ModelError(f"{p}: not a spineseg checkpoint or model file "
+                         f"(expected keys {', '.join(keys)})")
+    state = {str(k): (v.float() if v.is_floating_point() else v)
+             for k, v in payload["state_dict"].items() if isinstance(v, torch.Tensor)}
+    return str(payload["model_name"]), dict(payload["model_config"]), state
+
+
 def software_version() -> str:
     return f"spineseg {__version__}, torch {torch.__version__}"

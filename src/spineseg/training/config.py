@@ -15,6 +15,9 @@ from typing import Any
 from spineseg.errors import DataError, InputError
 
 LOSSES: tuple[str, ...] = ("dice", "bce", "focal", "dicebce")
+# "slice": every training slice equally likely (long scans dominate); "case": every case equally
+# likely, then a slice within it (nnU-Net's sampling) so a 20-slice scan is not drowned out.
+SAMPLINGS: tuple[str, ...] = ("slice", "case")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 CONFIG_FILE = "config.json"
 
@@ -52,6 +55,10 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     val_batch_size: int = 16
     augment: bool = True
+    sampling: str = "slice"
+    # Start from these weights (a run's checkpoint or a model file, e.g. the shipped model) instead
+    # of a random initialisation: fine-tuning. The architecture must match the file's.
+    init_weights: str | None = None
     amp: bool = True  # mixed precision; only ever used on CUDA
     overwrite: bool = False
 
@@ -62,6 +69,9 @@ class TrainConfig:
         """Raise :class:`InputError` on a value no run could use."""
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.sampling not in SAMPLINGS:
+            raise InputError(f"unknown sampling {self.sampling!r}; choose from "
+                             f"{', '.join(SAMPLINGS)}")
         if self.device not in DEVICES:
             raise InputError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
         for name in ("epochs", "batch_size", "patch_size", "val_batch_size"):

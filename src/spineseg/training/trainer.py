@@ -34,7 +34,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -50,6 +50,7 @@ from spineseg.models import build_model
 from spineseg.training.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
+    load_initial_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -229,6 +230,8 @@ class _Run:
                            {c: e.shape for c, e in manifest.cases.items()})
         _seed_everything(cfg.seed)
         self.model = build_model(cfg.model, **cfg.model_config)
+        if cfg.init_weights:
+            self._load_initial_weights(cfg.init_weights)
         self.divisor = 2 ** int(self.model.config.depth)
         if cfg.patch_size % self.divisor:
             raise InputError(f"patch size {cfg.patch_size} is not a multiple of 2**depth = "
@@ -253,6 +256,17 @@ class _Run:
             min_lr=cfg.min_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
+    def _load_initial_weights(self, path: str) -> None:
+        name, config, state = load_initial_weights(path)
+        mine = self.model.config.to_dict()
+        if name != self.config.model or build_model(name, **config).config.to_dict() != mine:
+            raise InputError(f"{path}: holds a {name} {config}, not the {self.config.model} "
+                             f"{mine} this run trains; pass a matching --model/--width/--depth")
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"{path}: weights do not fit the network ({exc})") from exc
+
     def _restore(self, ckpt: dict[str, Any]) -> _State:
         try:
             self.model.load_state_dict(ckpt["state_dict"])
@@ -275,7 +289,16 @@ class _Run:
         cfg = self.config
         self.train_ds.set_epoch(epoch)
         sampler: torch.utils.data.Sampler[int]
-        if self.dist.enabled:
+        if cfg.sampling == "case":
+            # Every case equally likely: weight each slice by 1/len(its case). Each rank draws its
+            # own share from its own seeded stream, which is what DDP needs of a sampler.
+            n = len(self.train_ds) // self.dist.world_size
+            if cfg.max_steps_per_epoch is not None:
+                n = min(n, cfg.max_steps_per_epoch * cfg.batch_size)
+            gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank))
+            sampler = WeightedRandomSampler(self.train_ds.case_balanced_weights(), num_samples=n,
+                                            replacement=True, generator=gen)
+        elif self.dist.enabled:
             sampler = DistributedSampler(self.train_ds, num_replicas=self.dist.world_size,
                                          rank=self.dist.rank, shuffle=True, seed=cfg.seed,
                                          drop_last=True)
