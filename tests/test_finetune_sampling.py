@@ -13,7 +13,7 @@ from spineseg.cli.main import main
 from spineseg.data.dataset import SliceDataset
 from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError, ModelError
-from spineseg.inference.model_file import save_segmentation_model
+from spineseg.inference.model_file import load_segmentation_model, save_segmentation_model
 from spineseg.training.checkpoint import load_checkpoint, load_initial_weights
 from spineseg.training.trainer import train
 from test_train import tiny_config, write_tiny_dataset
@@ -130,3 +130,17 @@ def test_cli_init_weights_takes_the_files_network(dataset, tmp_path, capsys) -> 
                  "--init-weights", str(tmp_path / "nope.pt")])
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_cli_init_weights_shipped_fine_tunes_the_default_model(dataset, tmp_path, capsys) -> None:
+    code = main(["train", "--data", str(dataset), "-o", str(tmp_path / "ft"), "--epochs", "1",
+                 "--batch-size", "2", "--patch", "32", "--max-steps-per-epoch", "1",
+                 "--device", "cpu", "--no-augment", "--lr", "1e-12", "--init-weights", "shipped"])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text(encoding="utf-8"))
+    assert cfg["init_weights"].endswith("spineseg-default.pt")
+    shipped = load_segmentation_model(None)
+    assert cfg["model"] == shipped.model_name and cfg["model_config"] == shipped.model_config
+    ft = load_checkpoint(tmp_path / "ft" / "last.pt")["state_dict"]
+    for k, v in shipped.network.named_parameters():
+        torch.testing.assert_close(ft[k], v.detach(), atol=1e-6, rtol=0)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spineseg.errors import EXIT_INTERRUPTED, InputError
+from spineseg.inference.model_file import load_segmentation_model
 from spineseg.models import list_models
 from spineseg.training.checkpoint import load_initial_weights
 from spineseg.training.config import (
@@ -21,6 +22,8 @@ from spineseg.training.config import (
     read_train_config,
 )
 from spineseg.training.trainer import LAST_FILE, train
+
+SHIPPED = "shipped"  # --init-weights value naming the packaged default model
 
 # CLI flag -> TrainConfig field, for flags that map one to one.
 _FIELDS: dict[str, str] = {
@@ -72,8 +75,9 @@ def register(subparsers: Any) -> None:
                    help="slice: every slice equally likely (default); case: every case equally "
                         "likely, so short scans are not drowned out by long ones (nnU-Net's way)")
     p.add_argument("--init-weights", metavar="FILE",
-                   help="fine-tune: start from a checkpoint or model file (e.g. the shipped "
-                        "model); its network is used unless --model/--width/--depth are given")
+                   help=f"fine-tune: start from a checkpoint or model file ('{SHIPPED}' = the "
+                        "shipped default model); its network is used unless "
+                        "--model/--width/--depth are given")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=run)
 
@@ -120,9 +124,12 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         saved = read_train_config(args.resume)
         merged = {**saved.to_dict(), **given, "out": str(args.resume)}
         return TrainConfig.from_dict(merged), True
+    if args.init_weights == SHIPPED:
+        # Verifies the shipped file's SHA-256 before anything trains on it.
+        given["init_weights"] = load_segmentation_model(None).source
     if args.init_weights is not None and "model" not in given and model_config is None:
         # The file's network, so `--init-weights best.pt` needs no repeated architecture flags.
-        name, config, _ = load_initial_weights(args.init_weights)
+        name, config, _ = load_initial_weights(given["init_weights"])
         given["model"], given["model_config"] = name, config
     if "data" not in given or "out" not in given:
         raise InputError("--data and -o/--output are required (or --resume RUN)")
