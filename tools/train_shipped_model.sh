@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Train the shipped default model and its leave-one-out evaluation folds with spineseg's own
 # commands. Resumable: re-running continues every run from its last.pt.
-#   tools/train_shipped_model.sh ../shared/data work/   [EPOCHS]
+#   tools/train_shipped_model.sh ../shared/data work/   [EPOCHS] [FINETUNE_EPOCHS]
+# Stage 1 trains from scratch with slice sampling; stage 2 fine-tunes the final model from stage
+# 1's last.pt with case-balanced sampling (every case equally likely: the 20-slice chest case
+# was 1.8% of slice-sampled patches) at half the learning rate.
 set -euo pipefail
-SHARED=${1:?path to shared/data}; WORK=${2:?work folder}; EPOCHS=${3:-40}
+SHARED=${1:?path to shared/data}; WORK=${2:?work folder}; EPOCHS=${3:-40}; FT_EPOCHS=${4:-60}
 SPINESEG=${SPINESEG:-.venv/bin/spineseg}
 mkdir -p "$WORK"
 # 1. 40 phantoms (seeds 200-239) and the three real cases as image/mask pairs.
@@ -30,3 +33,14 @@ for name in final loo_ts_abdomen loo_ts_chest loo_verse012; do
   fi
 done
 wait
+# 4. Stage 2 (final model only): fine-tune with case-balanced sampling.
+run="$WORK/run_ft"
+if [ -f "$run/last.pt" ]; then
+  OMP_NUM_THREADS=1 $SPINESEG train --resume "$run" --epochs "$FT_EPOCHS" > "$WORK/ft.log" 2>&1
+else
+  OMP_NUM_THREADS=1 $SPINESEG train --data "$WORK/ds_final" --init-weights "$WORK/run_final/last.pt" \
+    --sampling case --loss dicebce --patch 192 --batch-size 8 --epochs "$FT_EPOCHS" \
+    --max-steps-per-epoch 100 --foreground-fraction 0.5 --patience 0 --lr 5e-4 --seed 1 \
+    --workers 1 --device cpu -o "$run" > "$WORK/ft.log" 2>&1
+fi
+# Then: python tools/ship_model.py "$WORK/run_ft/last.pt" --note "tools/train_shipped_model.sh"
