@@ -44,15 +44,23 @@ def loo_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cell(row: dict, key: str, fmt: str = ".3f") -> str:
+    value = row.get(key)
+    return "" if value is None else format(value, fmt)
+
+
 def shipped_table(rows: list[dict], fp32: list[dict]) -> str:
-    f32 = {(r["case"], r["stress"]): r["dice"] for r in fp32}
-    lines = ["| case (in training) | stress | Dice (shipped, fp16) | Dice (fp32 checkpoint) | "
-             "no post-processing |", "|---|---|---|---|---|"]
+    f32 = {(r["case"], r["stress"]): r for r in fp32}
+    head = "| case (in training) | stress | Dice (shipped, fp16) | sens. / prec. |"
+    head += " Dice (fp32 checkpoint) |" if f32 else ""
+    head += " no post-processing |"
+    lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
-        ref = f32.get((r["case"], r["stress"]))
-        lines.append(f"| {r['case']} | {STRESS_NAMES[r['stress']]} | {r['dice']:.3f} | "
-                     f"{'' if ref is None else f'{ref:.3f}'} | "
-                     f"{r.get('dice_nopost', float('nan')):.3f} |")
+        line = (f"| {r['case']} | {STRESS_NAMES[r['stress']]} | {r['dice']:.3f} | "
+                f"{_cell(r, 'sensitivity', '.2f')} / {_cell(r, 'precision', '.2f')} |")
+        if f32:
+            line += f" {_cell(f32.get((r['case'], r['stress']), {}), 'dice')} |"
+        lines.append(line + f" {_cell(r, 'dice_nopost')} |")
     return "\n".join(lines)
 
 
