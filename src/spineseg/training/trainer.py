@@ -407,12 +407,15 @@ class _Run:
         }
 
     def _write_epoch(self, module: nn.Module, state: _State, improved: bool) -> None:
+        # last.pt is the commit point, written last: once it holds epoch N, metrics.csv, the
+        # curves and best.pt of epoch N exist too, even if a signal lands between the writes
+        # (a resume rewrites metrics.csv from the checkpoint's history either way).
         payload = self._payload(module, state)
-        save_checkpoint(self.run_dir / LAST_FILE, payload)
-        if improved:
-            save_checkpoint(self.run_dir / BEST_FILE, payload)
         write_text_atomic(self.run_dir / METRICS_FILE, _metrics_csv(state.history), overwrite=True)
         plot_curves(state.history, self.run_dir / CURVES_FILE)
+        if improved:
+            save_checkpoint(self.run_dir / BEST_FILE, payload)
+        save_checkpoint(self.run_dir / LAST_FILE, payload)
 
     # ------------------------------------------------------------------ main loop
 
