@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -213,3 +214,22 @@ def test_cli_train_then_evaluate_on_prepared_phantoms(tmp_path, capsys) -> None:
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     assert summary["pooled"]["n_cases"] == 1 and summary["source"]["model"] == "msrunet"
     assert summary["pooled"]["n_slices"] == 16
+
+
+def test_stop_event_interrupts_at_the_next_batch_even_if_an_interrupt_was_lost(
+        dataset, tmp_path, monkeypatch) -> None:
+    """The CLI's SIGTERM handler sets ``stop`` as well as raising; when the raise is swallowed
+    (it landed in a finaliser), the trainer still stops at its next safe point."""
+    stop = threading.Event()
+    real_epoch = trainer_mod._Run._train_epoch
+
+    def first_epoch_then_lost_signal(self, net, epoch):
+        loss = real_epoch(self, net, epoch)
+        if epoch == 0:
+            stop.set()  # the signal arrived; its KeyboardInterrupt never surfaced
+        return loss
+
+    monkeypatch.setattr(trainer_mod._Run, "_train_epoch", first_epoch_then_lost_signal)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(dataset, tmp_path / "run", epochs=5), stop=stop)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1

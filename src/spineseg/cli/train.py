@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +141,23 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 def run(args: argparse.Namespace) -> int:
     config, resume = build_config(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    stop = threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        stop.set()  # sticks even if the interrupt below lands in a finaliser and is lost
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        result = train(config, resume=resume, progress=True)
+        result = train(config, resume=resume, progress=True, stop=stop)
     except KeyboardInterrupt:
         if main_rank:
             print(f"error: interrupted; {Path(config.out) / LAST_FILE} holds the last completed "
                   f"epoch (the interrupted one is discarded). Continue with: "
                   f"spineseg train --resume {config.out}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if main_rank:
         how = "stopped early" if result.stopped_early else "finished"
         print(f"{how} after {result.epochs_completed} epoch(s); best validation DSC "

@@ -87,6 +87,19 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     return write_bytes_atomic(path, data, overwrite=True)
 
 
+def _load_weights_only(p: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every failure as one :class:`ModelError` line."""
+    if not p.is_file():
+        raise ModelError(f"{p}: {what} not found")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{p}: refusing to load: not a pure-weights {what} (it holds Python "
+                         "objects that could run code when unpickled, or is corrupt)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{p}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+
+
 def load_checkpoint(path: str | os.PathLike[str],
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint safely and check its keys.
@@ -95,15 +108,7 @@ def load_checkpoint(path: str | os.PathLike[str],
     Python objects (refused by ``weights_only=True``) and for a dict without the checkpoint keys.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"{p}: checkpoint not found")
-    try:
-        payload = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(f"{p}: refusing to load: not a pure-weights checkpoint (it holds Python "
-                         "objects that could run code when unpickled, or is corrupt)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    payload = _load_weights_only(p, "checkpoint", map_location)
     if not isinstance(payload, dict):
         raise ModelError(f"{p}: not a spineseg checkpoint (top level is not a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
@@ -126,14 +131,7 @@ def load_initial_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, A
     never sees half-precision master weights.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"{p}: initial weights not found")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(f"{p}: refusing to load: not a pure-weights file") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"{p}: not a readable weights file ({type(exc).__name__})") from exc
+    payload = _load_weights_only(p, "initial weights")
     keys = ("model_name", "model_config", "state_dict")
     if not isinstance(payload, dict) or any(k not in payload for k in keys) or not isinstance(
             payload["state_dict"], dict) or not isinstance(payload["model_config"], dict):

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,10 +185,12 @@ class _State:
 class _Run:
     """One training run; split into methods so each stays short. Use :func:`train`."""
 
-    def __init__(self, config: TrainConfig, resume: bool, progress: bool) -> None:
+    def __init__(self, config: TrainConfig, resume: bool, progress: bool,
+                 stop: threading.Event | None = None) -> None:
         self.config = config
         self.resume = resume
         self.progress = progress
+        self.stop = stop
         self.run_dir = Path(config.out)
         self.device = resolve_device(config.device)
         self.cuda = self.device.type == "cuda"
@@ -314,6 +317,12 @@ class _Run:
                           num_workers=cfg.workers, pin_memory=self.cuda,
                           drop_last=per_rank > cfg.batch_size, persistent_workers=False)
 
+    def _check_stop(self) -> None:
+        # A KeyboardInterrupt raised by a signal handler can be swallowed when it lands inside a
+        # finaliser (``__del__``); the event makes the request stick until a safe point sees it.
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt
+
     def _train_epoch(self, net: nn.Module, epoch: int) -> float:
         cfg = self.config
         net.train()
@@ -326,6 +335,7 @@ class _Run:
                    disable=not (self.progress and self.dist.is_main), leave=False)
         with bar:
             for step, batch in enumerate(loader):
+                self._check_stop()
                 if step >= steps:
                     break
                 x = batch["image"].to(self.device, non_blocking=self.cuda)
@@ -441,6 +451,7 @@ class _Run:
                     self.model, device_ids=[self.dist.local_rank] if self.cuda else None)
             stopped_early = False
             for epoch in range(state.epoch, cfg.epochs):
+                self._check_stop()
                 if cfg.patience and state.bad_epochs >= cfg.patience:
                     stopped_early = True
                     break
@@ -469,13 +480,15 @@ class _Run:
             cleanup_distributed(self.dist)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
+          stop: threading.Event | None = None) -> TrainResult:
     """Train ``config.model`` on ``config.data``, writing the run folder ``config.out``.
 
     ``resume=True`` continues the run in ``config.out`` from its ``last.pt`` (exactly; see the
     module docstring). Under ``torchrun`` with several processes this is data-parallel training
     and only rank 0 writes. A ``KeyboardInterrupt`` propagates after the run folder holds the last
-    completed epoch (the CLI maps it to exit code 130).
+    completed epoch (the CLI maps it to exit code 130). Setting ``stop`` (e.g. from a signal
+    handler) raises that interrupt at the next batch.
     """
     config.validate()
-    return _Run(config, resume, progress).run()
+    return _Run(config, resume, progress, stop).run()
