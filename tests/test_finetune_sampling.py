@@ -39,10 +39,6 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def _params(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
-    return {k: state[k] for k in names}
-
-
 def test_case_balanced_weights_give_every_case_equal_mass(dataset) -> None:
     ds = SliceDataset(dataset, "train", patch_size=(32, 32))
     w = ds.case_balanced_weights().numpy()

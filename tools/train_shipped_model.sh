@@ -6,7 +6,7 @@
 # 1's last.pt with case-balanced sampling (every case equally likely: the 20-slice chest case
 # was 1.8% of slice-sampled patches) at half the learning rate.
 set -euo pipefail
-SHARED=${1:?path to shared/data}; WORK=${2:?work folder}; EPOCHS=${3:-40}; FT_EPOCHS=${4:-60}
+SHARED=${1:?path to shared/data}; WORK=${2:?work folder}; EPOCHS=${3:-40}; FT_EPOCHS=${4:-17}
 SPINESEG=${SPINESEG:-.venv/bin/spineseg}
 mkdir -p "$WORK"
 # 1. 40 phantoms (seeds 200-239) and the three real cases as image/mask pairs.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spineseg.errors import EXIT_INTERRUPTED, InputError
-from spineseg.inference.model_file import load_segmentation_model
+from spineseg.inference.model_file import verified_default_model
 from spineseg.models import list_models
 from spineseg.training.checkpoint import load_initial_weights
 from spineseg.training.config import (
@@ -128,7 +128,7 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         return TrainConfig.from_dict(merged), True
     if args.init_weights == SHIPPED:
         # Verifies the shipped file's SHA-256 before anything trains on it.
-        given["init_weights"] = load_segmentation_model(None).source
+        given["init_weights"] = str(verified_default_model()[0])
     if args.init_weights is not None and "model" not in given and model_config is None:
         # The file's network, so `--init-weights best.pt` needs no repeated architecture flags.
         name, config, _ = load_initial_weights(given["init_weights"])

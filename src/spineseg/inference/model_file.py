@@ -72,6 +72,20 @@ def _expected_default_sha() -> str | None:
     return str(json.loads(record.read_text(encoding="utf-8"))["sha256"])
 
 
+def verified_default_model() -> tuple[Path, str]:
+    """Path and SHA-256 of the shipped model file, after checking it against its record."""
+    p = default_model_path()
+    expected = _expected_default_sha()
+    if not p.is_file() or expected is None:
+        raise ModelError("the shipped default model is missing from this installation; "
+                         "pass --model PATH to a model trained with `spineseg train`")
+    actual = sha256_of(p)
+    if actual != expected:
+        raise ModelError(f"{p}: SHA-256 mismatch (expected {expected[:12]}…, got "
+                         f"{actual[:12]}…): the shipped weights are corrupt or were modified")
+    return p, actual
+
+
 def read_model_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a model file or training checkpoint safely (``weights_only=True``) and validate it."""
     p = Path(path)
@@ -93,15 +107,7 @@ def load_segmentation_model(path: str | os.PathLike[str] | None = None,
                             device: str | torch.device = "cpu") -> SegmentationModel:
     """Load ``path`` (default: the shipped model, SHA-256 verified) into eval mode on ``device``."""
     if path is None:
-        p = default_model_path()
-        expected = _expected_default_sha()
-        if not p.is_file() or expected is None:
-            raise ModelError("the shipped default model is missing from this installation; "
-                             "pass --model PATH to a model trained with `spineseg train`")
-        actual = sha256_of(p)
-        if actual != expected:
-            raise ModelError(f"{p}: SHA-256 mismatch (expected {expected[:12]}…, got "
-                             f"{actual[:12]}…): the shipped weights are corrupt or were modified")
+        p, actual = verified_default_model()
     else:
         p = Path(path)
         actual = sha256_of(p) if p.is_file() else ""

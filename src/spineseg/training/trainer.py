@@ -292,12 +292,12 @@ class _Run:
         cfg = self.config
         self.train_ds.set_epoch(epoch)
         sampler: torch.utils.data.Sampler[int]
+        n = len(self.train_ds) // self.dist.world_size  # samples this rank draws per epoch
+        if cfg.max_steps_per_epoch is not None:
+            n = min(n, cfg.max_steps_per_epoch * cfg.batch_size)
         if cfg.sampling == "case":
             # Every case equally likely: weight each slice by 1/len(its case). Each rank draws its
             # own share from its own seeded stream, which is what DDP needs of a sampler.
-            n = len(self.train_ds) // self.dist.world_size
-            if cfg.max_steps_per_epoch is not None:
-                n = min(n, cfg.max_steps_per_epoch * cfg.batch_size)
             gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank))
             sampler = WeightedRandomSampler(self.train_ds.case_balanced_weights(), num_samples=n,
                                             replacement=True, generator=gen)
@@ -307,9 +307,6 @@ class _Run:
                                          drop_last=True)
             sampler.set_epoch(epoch)
         else:
-            n = len(self.train_ds)
-            if cfg.max_steps_per_epoch is not None:
-                n = min(n, cfg.max_steps_per_epoch * cfg.batch_size)
             gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
             sampler = RandomSampler(self.train_ds, num_samples=n, generator=gen)
         per_rank = len(self.train_ds) // self.dist.world_size
