@@ -54,3 +54,25 @@ def test_midline_follows_the_body_not_the_grid():
     hu = np.full((3, 10, 50), -1000, np.int16)
     hu[:, :, 10:31] = 0  # body spans x 10..30
     np.testing.assert_allclose(body_midline(hu, -500.0), 20.0)
+
+
+def test_midline_bone_off_the_column_is_dropped_but_a_missed_vertebra_is_not_an_end():
+    """Pubic symphysis far below the column and a sternum in front of it are midline but not
+    column; a 40 mm gap (a vertebra the network missed) must not cut the column in two, and a
+    spinous process 55 mm behind the axis is still column."""
+    z, y, x = 145, 260, 200
+    hu = np.full((z, y, x), -1000, np.int16)
+    hu[:, 20:250, 0:200] = 40
+    parts = {k: np.zeros((z, y, x), bool) for k in ("column", "spinous", "symphysis", "sternum")}
+    for z0 in (72, 84, 96, 108, 120, 132):  # 20 mm vertebrae, 4 mm discs ...
+        parts["column"][z0:z0 + 10, 150:180, 85:115] = True
+    parts["column"][40:50, 150:180, 85:115] = True  # ... and one below a 44 mm gap
+    parts["spinous"][110:116, 215:222, 96:104] = True  # 52 mm behind the column's centre
+    parts["symphysis"][0:4, 110:125, 90:110] = True  # 72 mm below the lowest vertebra
+    parts["sternum"][84:124, 60:72, 92:108] = True  # 95 mm in front, as long as 2 vertebrae
+    mask = np.zeros((z, y, x), bool)
+    for m in parts.values():
+        mask |= m
+    cleaned = clean_mask(mask, SPACING, hu=hu)[0].astype(bool)
+    assert cleaned[parts["column"]].all() and cleaned[parts["spinous"]].all()
+    assert not cleaned[parts["symphysis"]].any() and not cleaned[parts["sternum"]].any()

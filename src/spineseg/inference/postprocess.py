@@ -10,8 +10,11 @@ the big ones": an iliac wing can be bigger than any vertebra the network found. 
 2. find the column's core: components whose centroid lies within ``max_core_offset_mm`` of the
    body's left–right midline (the column is a midline structure; hips and ribs come in lateral
    pairs), falling back to the largest component if none does;
-3. trace the column axis through the core slice by slice, and drop every other component whose
-   centroid lies more than ``max_lateral_mm`` from it.
+3. keep in the core only the components that chain into one column with its largest one
+   (midline bone that is not column: pubic symphysis, sternum, see :func:`_column_chain`);
+4. trace the column axis through the core slice by slice, and drop every other component whose
+   centroid lies more than ``max_lateral_mm`` from it, or that lies wholly more than
+   ``max_gap_mm`` above or below the column.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class PostprocessConfig:
     min_component_ml: float = 0.3
     max_core_offset_mm: float = 35.0
     max_lateral_mm: float = 45.0
+    max_posterior_mm: float = 70.0  # spinous processes: see _offset_mm
+    max_chain_mm: float = 60.0  # how far off the axis a core piece may still join the column
+    max_gap_mm: float = 60.0  # a cranio-caudal gap this long ends the column (see _column_chain)
     body_threshold_hu: float = -500.0
     enabled: bool = True
 
@@ -64,6 +70,80 @@ def body_midline(hu: np.ndarray, threshold: float) -> np.ndarray:
     if np.isnan(mid).all():
         return np.full(hu.shape[0], (hu.shape[2] - 1) / 2.0)
     return _interp_rows(mid[:, None])[:, 0]
+
+
+def _profile(labels: np.ndarray, box: tuple[slice, ...], cid: int, depth: int) -> np.ndarray:
+    """Per-slice ``(voxel count, sum of y, sum of x)`` of one component, shape ``(Z, 3)``."""
+    part = labels[box] == cid
+    out = np.zeros((depth, 3))
+    z0, y0, x0 = (s.start for s in box)
+    zs = slice(z0, z0 + part.shape[0])
+    out[zs, 0] = part.sum(axis=(1, 2))
+    out[zs, 1] = (part.sum(axis=2) * (y0 + np.arange(part.shape[1]))[None, :]).sum(axis=1)
+    out[zs, 2] = (part.sum(axis=1) * (x0 + np.arange(part.shape[2]))[None, :]).sum(axis=1)
+    return out
+
+
+def _axis(profile: np.ndarray) -> np.ndarray:
+    """Per-slice ``(y, x)`` centre of a summed profile, interpolated through empty slices."""
+    counts = profile[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        axis = np.stack([np.where(counts > 0, profile[:, 1] / counts, np.nan),
+                         np.where(counts > 0, profile[:, 2] / counts, np.nan)], axis=1)
+    return _interp_rows(axis)
+
+
+def _offset_mm(dy_mm: np.ndarray | float, dx_mm: np.ndarray | float,
+               posterior_mm: float, max_mm: float) -> np.ndarray:
+    """Distance from the column axis, with posterior offsets shrunk by ``max_mm / posterior_mm``.
+
+    The axis runs through the vertebrae's centre of mass, between body and canal; a spinous
+    process that the network separated from its vertebra lies up to ~70 mm behind it, while
+    nothing that belongs to the column lies as far in front (LPS: +y is posterior).
+    """
+    dy = np.asarray(dy_mm, dtype=float)
+    dy = np.where(dy > 0, dy * (max_mm / posterior_mm), dy)
+    return np.hypot(dy, dx_mm)
+
+
+def _column_chain(core_ids: np.ndarray, profiles: dict[int, np.ndarray],
+                  centroids: np.ndarray, sizes: np.ndarray, spacing: tuple[float, float, float],
+                  max_mm: float, posterior_mm: float, max_gap_mm: float) -> np.ndarray:
+    """The core components that form one cranio-caudal column with the largest of them.
+
+    The left–right midline test alone keeps midline bone that is not column: the pubic
+    symphysis below the sacrum, the sternum in front of the thoracic spine. Starting from the
+    largest core component, a component joins the column when it starts within ``max_gap_mm``
+    of the column's current cranio-caudal extent (a missed vertebra leaves a ~40 mm gap; the
+    sacrum, which is not labelled, ~100 mm) and its centroid lies within ``max_mm`` of the axis
+    the column traces so far (held constant beyond its ends; posterior offsets allowed up to
+    ``posterior_mm``).
+    """
+    sx, sy, sz = spacing
+    spans = {int(c): np.flatnonzero(profiles[int(c)][:, 0]) for c in core_ids}
+    cents = {int(c): centroid for c, centroid in zip(core_ids, centroids, strict=True)}
+    order = [int(c) for c in core_ids[np.argsort(-sizes[core_ids - 1], kind="stable")]]
+    chain = [order[0]]
+    total = profiles[order[0]].copy()
+    grown = True
+    while grown:
+        grown = False
+        lo, hi = (np.flatnonzero(total[:, 0])[[0, -1]])
+        axis = _axis(total)
+        for c in order:
+            if c in chain:
+                continue
+            span = spans[c]
+            gap = max(lo - span[-1], span[0] - hi, 0) * sz
+            cz, cy, cx = cents[c]
+            z = int(np.clip(round(cz), 0, axis.shape[0] - 1))
+            if gap <= max_gap_mm and _offset_mm((cy - axis[z, 0]) * sy, (cx - axis[z, 1]) * sx,
+                                                posterior_mm, max_mm) <= max_mm:
+                chain.append(c)
+                total += profiles[c]
+                grown = True
+                break  # the extent and axis changed: re-test the rest against them
+    return np.asarray(chain, dtype=core_ids.dtype)
 
 
 def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
@@ -108,25 +188,26 @@ def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
         core_ids = big_ids[[int(np.argmax(sizes[big_ids - 1]))]]
 
     # Column axis: per-slice centre of the core, interpolated where the core has a gap.
-    core = np.zeros(binary.shape, dtype=bool)
-    for cid in core_ids:
-        sl = objects[cid - 1]
-        core[sl] |= labels[sl] == cid
-    counts = core.sum(axis=(1, 2)).astype(float)
-    ys = (core.sum(axis=2) * np.arange(core.shape[1])[None, :]).sum(axis=1)
-    xs = (core.sum(axis=1) * np.arange(core.shape[2])[None, :]).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        axis = np.stack([np.where(counts > 0, ys / counts, np.nan),
-                         np.where(counts > 0, xs / counts, np.nan)], axis=1)
-    axis = _interp_rows(axis)
+    profiles = {int(c): _profile(labels, objects[c - 1], int(c), binary.shape[0]) for c in core_ids}
+    core_ids = _column_chain(core_ids, profiles, centroids[np.isin(big_ids, core_ids)], sizes,
+                             (sx, sy, sz), cfg.max_chain_mm, cfg.max_posterior_mm,
+                             cfg.max_gap_mm)
+    column = sum(profiles[int(c)] for c in core_ids)
+    axis = _axis(column)
+    lo, hi = np.flatnonzero(column[:, 0])[[0, -1]]
 
-    dist_mm = np.hypot((cy - axis[zi, 0]) * sy, (cx - axis[zi, 1]) * sx)
-    lateral_ids = big_ids[(dist_mm > cfg.max_lateral_mm) & ~np.isin(big_ids, core_ids)]
+    dist_mm = _offset_mm((cy - axis[zi, 0]) * sy, (cx - axis[zi, 1]) * sx,
+                         cfg.max_posterior_mm, cfg.max_lateral_mm)
+    # Beyond the column's ends: whole component more than max_gap_mm above or below it.
+    z_lo = np.array([objects[c - 1][0].start for c in big_ids])
+    z_hi = np.array([objects[c - 1][0].stop - 1 for c in big_ids])
+    beyond = np.maximum(lo - z_hi, z_lo - hi) * sz > cfg.max_gap_mm
+    lateral_ids = big_ids[((dist_mm > cfg.max_lateral_mm) | beyond) & ~np.isin(big_ids, core_ids)]
     keep = np.zeros(n + 1, dtype=bool)
     keep[big_ids] = True
     keep[lateral_ids] = False
     cleaned = keep[labels]
-    del labels, core
+    del labels
     report = PostprocessReport(
         components_in=int(n),
         removed_small=int(small.sum()),
