@@ -136,7 +136,11 @@ def test_cli_init_weights_shipped_fine_tunes_the_default_model(dataset, tmp_path
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text(encoding="utf-8"))
     assert cfg["init_weights"].endswith("spineseg-default.pt")
     shipped = load_segmentation_model(None)
-    assert cfg["model"] == shipped.model_name and cfg["model_config"] == shipped.model_config
-    ft = load_checkpoint(tmp_path / "ft" / "last.pt")["state_dict"]
+    ckpt = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert cfg["model"] == shipped.model_name and ckpt["model_config"] == shipped.model_config
+    # Input channels are left to the run's --context-slices, everything else is the file's.
+    assert cfg["model_config"] == {k: v for k, v in shipped.model_config.items()
+                                   if k != "in_channels"}
+    ft = ckpt["state_dict"]
     for k, v in shipped.network.named_parameters():
         torch.testing.assert_close(ft[k], v.detach(), atol=1e-6, rtol=0)

@@ -64,6 +64,7 @@ def run_ablation(size: int = 512, slices: int = 32, repeats: int = 3,
     canon = reorient(vol, CANONICAL)
     sx, sy = model.preprocessing.spacing_xy
     hu = np.asarray(resample_spacing(canon, (sx, sy, canon.spacing[2])).array)
+    sz = float(canon.spacing[2])
     base = PredictConfig(progress=False)
     plans = []
     for label, change in VARIANTS:
@@ -72,7 +73,7 @@ def run_ablation(size: int = 512, slices: int = 32, repeats: int = 3,
                       replace(base, **change)))
     for _, n_threads, cfg in plans:  # warm-up: oneDNN kernel selection for every shape
         torch.set_num_threads(n_threads)
-        predict_probabilities(model, hu[: cfg.batch_size], cfg)
+        predict_probabilities(model, hu[: cfg.batch_size], cfg, spacing_z=sz)
     # Round-robin over variants, so load from other processes drifts over all of them alike.
     times: dict[str, list[float]] = {label: [] for label, _, _ in plans}
     probs: dict[str, np.ndarray] = {}
@@ -80,7 +81,7 @@ def run_ablation(size: int = 512, slices: int = 32, repeats: int = 3,
         for label, n_threads, cfg in plans:
             torch.set_num_threads(n_threads)
             t = time.perf_counter()
-            probs[label] = predict_probabilities(model, hu, cfg)
+            probs[label] = predict_probabilities(model, hu, cfg, spacing_z=sz)
             times[label].append(time.perf_counter() - t)
     reference = probs[plans[0][0]].astype(np.float32)
     first = statistics.median(times[plans[0][0]])

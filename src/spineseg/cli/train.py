@@ -34,6 +34,7 @@ _FIELDS: dict[str, str] = {
     "foreground_fraction": "foreground_fraction", "patience": "patience", "workers": "workers",
     "seed": "seed", "device": "device", "max_steps_per_epoch": "max_steps_per_epoch",
     "augment": "augment", "sampling": "sampling", "init_weights": "init_weights",
+    "context_slices": "context_slices", "context_mm": "context_mm",
 }
 
 
@@ -76,6 +77,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sampling", choices=SAMPLINGS,
                    help="slice: every slice equally likely (default); case: every case equally "
                         "likely, so short scans are not drowned out by long ones (nnU-Net's way)")
+    p.add_argument("--context-slices", type=int, metavar="K",
+                   help="2.5-D input: K neighbouring planes on each side of a slice as extra "
+                        "channels (default 0 = 2-D, the paper's network)")
+    p.add_argument("--context-mm", type=float, metavar="MM",
+                   help="distance between the context planes in mm (default 3)")
     p.add_argument("--init-weights", metavar="FILE",
                    help=f"fine-tune: start from a checkpoint or model file ('{SHIPPED}' = the "
                         "shipped default model); its network is used unless "
@@ -132,6 +138,8 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if args.init_weights is not None and "model" not in given and model_config is None:
         # The file's network, so `--init-weights best.pt` needs no repeated architecture flags.
         name, config, _ = load_initial_weights(given["init_weights"])
+        # Input channels follow this run's --context-slices (a 2-D file can seed a 2.5-D run).
+        config.pop("in_channels", None)
         given["model"], given["model_config"] = name, config
     if "data" not in given or "out" not in given:
         raise InputError("--data and -o/--output are required (or --resume RUN)")

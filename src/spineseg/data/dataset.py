@@ -28,6 +28,9 @@ PAD_MULTIPLE = 16  # 2**depth of a 4-level U-Net
 class SliceDataset(Dataset[dict[str, Any]]):
     """2D slices (optionally patches) of one split, as dicts ``image, label, case, z``.
 
+    ``image`` has ``preprocessing.channels`` channels: the slice, plus its through-plane context
+    for a 2.5-D model; ``label`` is the slice's own mask.
+
     ``foreground_fraction``: with this probability a sample is drawn from a random spine-bearing
     slice of the same case and its patch centred near a random spine pixel. Most axial slices of a
     CT show no spine or a small speck of it; without this the network mostly learns "background".
@@ -61,6 +64,9 @@ class SliceDataset(Dataset[dict[str, Any]]):
             self._fg[cid] = np.asarray(meta.get("foreground_slices", []), dtype=np.int64)
             index.extend((ci, z) for z in range(entry.slices))
         self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
+        # Slice spacing (mm) per case, for the through-plane context of 2.5-D models.
+        self._spacing_z = {c: float(self.manifest.cases[c].spacing[2]) for c in self.cases}
+        self._air = float(self.preprocessing.normalize(np.array([PAD_HU]))[0])
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -115,15 +121,15 @@ class SliceDataset(Dataset[dict[str, Any]]):
                 k = int(rng.integers(len(ys)))
                 jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in self.patch_size]
                 centre = (int(ys[k]) + jitter[0], int(xs[k]) + jitter[1])
-        hu = np.asarray(image[z], dtype=np.float32)
-        lab = np.asarray(mask[z], dtype=np.float32)
+        img = self.preprocessing.network_input(image, [z], self._spacing_z[case])[0]
+        lab = np.asarray(mask[z], dtype=np.float32)[None]
         if self.patch_size is None:
-            hu, lab = _pad_to_multiple(hu, lab, PAD_MULTIPLE)
+            img, lab = _pad_to_multiple(img, lab, PAD_MULTIPLE, self._air)
         else:
-            hu, lab = _crop(hu, lab, self.patch_size, centre, rng)
+            img, lab = _crop(img, lab, self.patch_size, centre, rng, self._air)
         sample: dict[str, Any] = {
-            "image": torch.from_numpy(self.preprocessing.normalize(hu)[None]),
-            "label": torch.from_numpy(np.ascontiguousarray(lab[None])),
+            "image": torch.from_numpy(np.ascontiguousarray(img)),
+            "label": torch.from_numpy(np.ascontiguousarray(lab)),
             "case": case,
             "z": z,
         }
@@ -140,39 +146,41 @@ class SliceDataset(Dataset[dict[str, Any]]):
         return sample
 
     def case_slices(self, case: str) -> dict[str, Any]:
-        """A whole case for evaluation: ``image``/``label`` float32 ``(Z, 1, H', W')`` padded to a
-        multiple of 16 at the bottom/right, ``shape`` the unpadded ``(Z, H, W)`` to crop back."""
+        """A whole case for evaluation: ``image`` ``(Z, C, H', W')``, ``label`` ``(Z, 1, H', W')``
+        float32, padded to a multiple of 16 at the bottom/right, ``shape`` the unpadded
+        ``(Z, H, W)`` to crop back."""
         if case not in self.manifest.cases:
             raise DataError(f"unknown case {case!r}")
         image, mask = self.arrays(case)
-        hu = np.asarray(image, dtype=np.float32)
-        lab = np.asarray(mask, dtype=np.float32)
-        hu, lab = _pad_to_multiple(hu, lab, PAD_MULTIPLE)
-        return {"image": torch.from_numpy(self.preprocessing.normalize(hu)[:, None]),
-                "label": torch.from_numpy(np.ascontiguousarray(lab[:, None])),
+        img = self.preprocessing.network_input(image, slice(None), self._spacing_z[case])
+        lab = np.asarray(mask, dtype=np.float32)[:, None]
+        img, lab = _pad_to_multiple(img, lab, PAD_MULTIPLE, self._air)
+        return {"image": torch.from_numpy(img), "label": torch.from_numpy(lab),
                 "shape": tuple(int(s) for s in image.shape), "case": case}
 
 
-def _pad_to_multiple(hu: np.ndarray, lab: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = hu.shape[-2:]
-    pad = [(0, 0)] * (hu.ndim - 2) + [(0, -h % m), (0, -w % m)]
-    return (np.pad(hu, pad, constant_values=PAD_HU), np.pad(lab, pad, constant_values=0))
+def _pad_to_multiple(img: np.ndarray, lab: np.ndarray, m: int,
+                     air: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = img.shape[-2:]
+    pad = [(0, 0)] * (img.ndim - 2) + [(0, -h % m), (0, -w % m)]
+    return (np.pad(img, pad, constant_values=air), np.pad(lab, pad, constant_values=0))
 
 
-def _crop(hu: np.ndarray, lab: np.ndarray, size: tuple[int, ...],
-          centre: tuple[int, int] | None, rng: np.random.Generator,
+def _crop(img: np.ndarray, lab: np.ndarray, size: tuple[int, ...],
+          centre: tuple[int, int] | None, rng: np.random.Generator, air: float,
           ) -> tuple[np.ndarray, np.ndarray]:
-    """Pad (air / background) to at least ``size`` and cut a patch, around ``centre`` if given."""
+    """Pad ``(C, H, W)`` arrays (air / background) to at least ``size`` and cut a patch, around
+    ``centre`` if given."""
     ph, pw = size
-    h, w = hu.shape
+    h, w = img.shape[-2:]
     pad_y, pad_x = max(0, ph - h), max(0, pw - w)
-    pad = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2))
-    hu = np.pad(hu, pad, constant_values=PAD_HU)
+    pad = ((0, 0), (pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2))
+    img = np.pad(img, pad, constant_values=air)
     lab = np.pad(lab, pad, constant_values=0)
-    h, w = hu.shape
+    h, w = img.shape[-2:]
     if centre is None:
         y0, x0 = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
     else:
-        y0 = int(np.clip(centre[0] + pad[0][0] - ph // 2, 0, h - ph))
-        x0 = int(np.clip(centre[1] + pad[1][0] - pw // 2, 0, w - pw))
-    return hu[y0:y0 + ph, x0:x0 + pw], lab[y0:y0 + ph, x0:x0 + pw]
+        y0 = int(np.clip(centre[0] + pad[1][0] - ph // 2, 0, h - ph))
+        x0 = int(np.clip(centre[1] + pad[2][0] - pw // 2, 0, w - pw))
+    return img[:, y0:y0 + ph, x0:x0 + pw], lab[:, y0:y0 + ph, x0:x0 + pw]

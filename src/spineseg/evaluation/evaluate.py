@@ -125,6 +125,7 @@ def iter_slice_logits(
     divisor: int,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    spacing_z: float = 0.0,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first slice index, logits (B, C, H, W))`` for batches of whole axial slices.
 
@@ -132,6 +133,7 @@ def iter_slice_logits(
     Slices are padded with normalised air to multiples of ``divisor`` (= 2**depth, which the
     networks require) and the logits cropped back, so every pixel keeps its position. Logits stay
     on ``device`` in float32. The caller sets ``model.eval()`` and the grad mode.
+    ``spacing_z`` (mm between slices) is needed only by a 2.5-D model's slice context.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -139,7 +141,8 @@ def iter_slice_logits(
     air = float(preprocessing.normalize(np.array([preprocessing.hu_min]))[0])
     cuda = dev.type == "cuda"
     for start in range(0, hu.shape[0], batch_size):
-        x = torch.from_numpy(preprocessing.normalize(hu[start:start + batch_size])[:, None])
+        zs = slice(start, min(start + batch_size, hu.shape[0]))
+        x = torch.from_numpy(_network_input(preprocessing, hu, zs, spacing_z))
         x = x.to(dev, non_blocking=cuda)
         x, (top, left) = pad_to_multiple(x, divisor, air)
         if cuda:
@@ -150,9 +153,16 @@ def iter_slice_logits(
         yield start, logits[..., top:top + h, left:left + w].float()
 
 
+def _network_input(pre: Preprocessing, hu: np.ndarray, zs: slice, spacing_z: float) -> np.ndarray:
+    try:
+        return pre.network_input(hu, zs, spacing_z)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
 def predict_volume(model: nn.Module, hu: np.ndarray, preprocessing: Preprocessing, *,
                    divisor: int, batch_size: int = 16, device: str | torch.device = "cpu",
-                   threshold: float = 0.5) -> np.ndarray:
+                   threshold: float = 0.5, spacing_z: float = 0.0) -> np.ndarray:
     """Binary (uint8) spine mask of a ``(Z, H, W)`` HU volume, slice by slice."""
     was_training = model.training
     model.eval()
@@ -161,7 +171,8 @@ def predict_volume(model: nn.Module, hu: np.ndarray, preprocessing: Preprocessin
     try:
         with torch.inference_mode():
             for start, logits in iter_slice_logits(model, hu, preprocessing, divisor=divisor,
-                                                   batch_size=batch_size, device=device):
+                                                   batch_size=batch_size, device=device,
+                                                   spacing_z=spacing_z):
                 out[start:start + logits.shape[0]] = (
                     (logits[:, 0] > logit_threshold).to(torch.uint8).cpu().numpy())
     finally:
@@ -200,9 +211,9 @@ def evaluate_network(
             ref = np.load(d / "mask.npy", mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise DataError(f"{d}: cannot open the case arrays ({exc})") from exc
-        pred = predict_volume(model, hu, preprocessing, divisor=divisor,
-                              batch_size=batch_size, device=device)
         spacing = tuple(float(s) for s in manifest.cases[cid].spacing)
+        pred = predict_volume(model, hu, preprocessing, divisor=divisor,
+                              batch_size=batch_size, device=device, spacing_z=spacing[2])
         results.append(volume_metrics(pred, np.asarray(ref), spacing, cid))
     return results
 

@@ -12,6 +12,7 @@ Predictions are the raw network output thresholded at 0.5, the same masks the ta
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,15 +111,19 @@ def figure6(data: Path, models: list[FigureModel], out: Path, *,
     manifest = read_manifest(data)
     for row, (cid, z) in enumerate(picks):
         d = case_dir(data, cid)
-        hu = np.load(d / "image.npy", mmap_mode="r")[z:z + 1]
+        volume = np.load(d / "image.npy", mmap_mode="r")
         ref = np.asarray(np.load(d / "mask.npy", mmap_mode="r")[z]) > 0
-        sx, sy = manifest.cases[cid].spacing[:2]
+        sx, sy, sz = manifest.cases[cid].spacing
         box = _crop_box(ref, (sx, sy))
-        panels = [(np.asarray(hu[0])[box], f"CT {cid} z={z}", True),
+        panels = [(np.asarray(volume[z])[box], f"CT {cid} z={z}", True),
                   (ref[box], "ground truth", False)]
         for m in models:
-            pred = predict_volume(m.model, np.asarray(hu), m.preprocessing, divisor=m.divisor,
-                                  device=device)[0] > 0
+            # A slab wide enough for a 2.5-D model's context (just slice z for a 2-D one).
+            r = math.ceil(m.preprocessing.context_slices * m.preprocessing.context_mm / sz) + 1
+            z0 = max(z - r, 0) if m.preprocessing.context_slices else z
+            z1 = min(z + r + 1, volume.shape[0]) if m.preprocessing.context_slices else z + 1
+            pred = predict_volume(m.model, np.asarray(volume[z0:z1]), m.preprocessing,
+                                  divisor=m.divisor, device=device, spacing_z=sz)[z - z0] > 0
             inter = int((pred & ref).sum())
             dsc = paper_dsc(inter, int(ref.sum()), int(pred.sum()))
             panels.append((pred[box], f"{m.label} (DSC {100 * dsc:.1f})", False))
@@ -178,7 +183,7 @@ def figure7(data: Path, model: FigureModel, out: Path, *,
     hu = np.load(d / "image.npy", mmap_mode="r")
     ref = np.asarray(np.load(d / "mask.npy", mmap_mode="r")) > 0
     pred = predict_volume(model.model, hu, model.preprocessing, divisor=model.divisor,
-                          device=device) > 0
+                          device=device, spacing_z=read_manifest(data).cases[cid].spacing[2]) > 0
     dsc = paper_dsc(int((pred & ref).sum()), int(ref.sum()), int(pred.sum()))
     cfg = MeshConfig(max_faces=max_faces)
     ref_mesh = mask_to_mesh(_case_volume(data, cid, ref.astype(np.uint8)), cfg)

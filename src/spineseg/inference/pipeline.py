@@ -150,7 +150,8 @@ def segment(
     times["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device)
+    prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device,
+                                 spacing_z=float(work.spacing[2]))
     # From here on only the model grid's geometry is needed, not its CT voxels.
     work = work.with_array(prob)
     times["inference_s"] = time.perf_counter() - t

@@ -66,15 +66,20 @@ def predict_probabilities(
     hu: np.ndarray,
     config: PredictConfig | None = None,
     device: str | torch.device = "cpu",
+    spacing_z: float = 0.0,
 ) -> np.ndarray:
     """Foreground probability for every voxel of ``hu`` (Z, Y, X) as float16.
 
-    ``hu`` must already be in the canonical orientation at the model's in-plane spacing.
+    ``hu`` must already be in the canonical orientation at the model's in-plane spacing;
+    ``spacing_z`` (mm between slices) is needed by 2.5-D models for their slice context.
     """
     cfg = config or PredictConfig()
     if cfg.batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
     pre: Preprocessing = model.preprocessing
+    if pre.context_slices and not spacing_z > 0:
+        raise InputError(f"the model reads {pre.context_mm:g} mm of context on each side of a "
+                         f"slice and needs the slice spacing, got {spacing_z}")
     dev = torch.device(device)
     out = np.zeros(hu.shape, dtype=np.float16)
     ys, xs = (body_bounding_box(hu, cfg.body_threshold_hu, cfg.margin_vox) if cfg.crop_to_body
@@ -97,7 +102,7 @@ def predict_probabilities(
             zs = todo[i0:i0 + cfg.batch_size]
             # Consecutive indices (always, unless slices are skipped) are a view, not a copy.
             zsel = slice(int(zs[0]), int(zs[-1]) + 1) if zs[-1] - zs[0] + 1 == zs.size else zs
-            batch = torch.from_numpy(pre.normalize(hu[zsel, ys, xs]))[:, None]
+            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, ys, xs))
             batch, (oy, ox) = pad_to_multiple(batch, model.divisor, air)
             batch = batch.to(dev, non_blocking=True)
             if channels_last:

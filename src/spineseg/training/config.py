@@ -59,6 +59,11 @@ class TrainConfig:
     # Start from these weights (a run's checkpoint or a model file, e.g. the shipped model) instead
     # of a random initialisation: fine-tuning. The architecture must match the file's.
     init_weights: str | None = None
+    # 2.5-D input: this many neighbouring planes per side, ``context_mm`` apart, as extra input
+    # channels (see Preprocessing). 0 = the paper's 2-D network. Initial weights from a 2-D model
+    # are widened: the slice channel keeps them, the context channels start at zero.
+    context_slices: int = 0
+    context_mm: float = 3.0
     amp: bool = True  # mixed precision; only ever used on CUDA
     overwrite: bool = False
 
@@ -86,6 +91,9 @@ class TrainConfig:
             raise InputError("need lr > 0, 0 < lr_factor < 1 and min_lr >= 0")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if self.context_slices < 0 or not self.context_mm > 0:
+            raise InputError("need context_slices >= 0 and context_mm > 0, got "
+                             f"{self.context_slices} and {self.context_mm}")
         if not isinstance(self.model_config, dict):
             raise InputError("model_config must be a JSON object")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -48,6 +49,7 @@ from spineseg.evaluation.evaluate import iter_slice_logits
 from spineseg.evaluation.metrics import paper_dsc
 from spineseg.io import check_output_path, write_text_atomic
 from spineseg.models import build_model
+from spineseg.models.widen import widen_input_channels
 from spineseg.training.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -223,7 +225,10 @@ class _Run:
     def _build(self) -> None:
         cfg = self.config
         manifest = read_manifest(Path(cfg.data))
-        self.preprocessing: Preprocessing = manifest.preprocessing_obj
+        # The dataset fixes the grid and window; the run adds the through-plane context.
+        self.preprocessing: Preprocessing = dataclasses.replace(
+            manifest.preprocessing_obj, context_slices=cfg.context_slices,
+            context_mm=cfg.context_mm)
         self.val_cases = manifest.case_ids("val")
         self.case_spacing = {c: manifest.cases[c].spacing for c in self.val_cases}
         if not self.val_cases:
@@ -232,7 +237,13 @@ class _Run:
         _check_case_arrays(Path(cfg.data), manifest.case_ids("train") + self.val_cases,
                            {c: e.shape for c, e in manifest.cases.items()})
         _seed_everything(cfg.seed)
-        self.model = build_model(cfg.model, **cfg.model_config)
+        given = cfg.model_config.get("in_channels", self.preprocessing.channels)
+        if given != self.preprocessing.channels:
+            raise InputError(f"model_config in_channels={given} does not match "
+                             f"{cfg.context_slices} context slice(s) per side "
+                             f"({self.preprocessing.channels} channels)")
+        self.model = build_model(cfg.model, **{**cfg.model_config,
+                                               "in_channels": self.preprocessing.channels})
         if cfg.init_weights:
             self._load_initial_weights(cfg.init_weights)
         self.divisor = 2 ** int(self.model.config.depth)
@@ -262,9 +273,18 @@ class _Run:
     def _load_initial_weights(self, path: str) -> None:
         name, config, state = load_initial_weights(path)
         mine = self.model.config.to_dict()
-        if name != self.config.model or build_model(name, **config).config.to_dict() != mine:
+        theirs = build_model(name, **config).config.to_dict()
+        # A 2-D file may seed a 2.5-D run (its input kernels are widened); nothing else may differ.
+        widen = theirs.get("in_channels") == 1 and mine["in_channels"] > 1
+        if widen:
+            theirs["in_channels"] = mine["in_channels"]
+        if name != self.config.model or theirs != mine:
             raise InputError(f"{path}: holds a {name} {config}, not the {self.config.model} "
-                             f"{mine} this run trains; pass a matching --model/--width/--depth")
+                             f"{mine} this run trains; pass a matching --model/--width/--depth "
+                             "(and --context-slices for a 2.5-D file)")
+        if widen:
+            state = widen_input_channels(state, self.model.state_dict(),
+                                         self.preprocessing.context_slices)
         try:
             self.model.load_state_dict(state)
         except RuntimeError as exc:
@@ -376,7 +396,8 @@ class _Run:
                     raise DataError(f"{d}: cannot open the case arrays ({exc})") from exc
                 for start, logits in iter_slice_logits(
                         module, hu, self.preprocessing, divisor=self.divisor,
-                        batch_size=self.config.val_batch_size, device=self.device):
+                        batch_size=self.config.val_batch_size, device=self.device,
+                        spacing_z=float(self.case_spacing[cid][2])):
                     y = torch.from_numpy(np.asarray(ref[start:start + len(logits)],
                                                     dtype=np.float32)[:, None]).to(self.device)
                     loss_sum += float(self.loss_fn(logits, y)) * len(logits)
