@@ -67,6 +67,7 @@ def test_mask_is_on_the_input_grid_and_nontrivial(small_ct, model_file):
     assert 0 < res.mask.array.sum() < res.mask.array.size
     assert res.stats["slices_total"] == 30
     assert res.stats["model"]["name"] == "msrunet"
+    assert res.stats["model"]["preprocessing"]["spacing_xy"] == [2.0, 2.0]
 
 
 @pytest.mark.parametrize("code", ["PIR", "LAS"])

@@ -43,7 +43,8 @@ def main() -> None:
             payload["preprocessing"]), threshold=float(payload.get("threshold", 0.5)),
         meta=meta, half=True, overwrite=True)
     record = {"file": DEFAULT_MODEL_NAME, "sha256": sha, "model_name": payload["model_name"],
-              "model_config": payload["model_config"], "epoch": meta["epoch"]}
+              "model_config": payload["model_config"], "preprocessing": payload["preprocessing"],
+              "epoch": meta["epoch"]}
     write_text_atomic(WEIGHTS / "spineseg-default.json", json.dumps(record, indent=2) + "\n",
                       overwrite=True)
     print(f"{target}: {target.stat().st_size / 1e6:.2f} MB, sha256 {sha}")
