@@ -2,9 +2,9 @@
 # Train the shipped default model and its leave-one-out evaluation folds with spineseg's own
 # commands. Resumable: re-running continues every run from its last.pt.
 #   tools/train_shipped_model.sh ../shared/data work/   [EPOCHS] [FINETUNE_EPOCHS]
-# Stage 1 trains 2-D networks from scratch with slice sampling; stage 2 fine-tunes each of them
-# as a 2.5-D network with case-balanced sampling (every case equally likely: the 20-slice chest
-# case was 1.8% of slice-sampled patches) at half the learning rate.
+# Stage 1 trains from scratch with slice sampling; stage 2 fine-tunes the final model from stage
+# 1's last.pt with case-balanced sampling (every case equally likely: the 20-slice chest case
+# was 1.8% of slice-sampled patches) at half the learning rate.
 set -euo pipefail
 SHARED=${1:?path to shared/data}; WORK=${2:?work folder}; EPOCHS=${3:-40}; FT_EPOCHS=${4:-17}
 SPINESEG=${SPINESEG:-.venv/bin/spineseg}
@@ -33,26 +33,14 @@ for name in final loo_ts_abdomen loo_ts_chest loo_verse012; do
   fi
 done
 wait
-# 4. Stage 2 (the final model and every leave-one-out fold): fine-tune each stage-1 model as a
-#    2.5-D network (the slice plus the planes 3 mm above and below; its 2-D weights are widened)
-#    with case-balanced sampling at half the learning rate. Two runs at a time, one thread each.
-stage2() {  # $1 = stage-1 run name, $2 = stage-2 run folder
-  local run="$2"
-  if [ -f "$run/last.pt" ]; then
-    OMP_NUM_THREADS=1 $SPINESEG train --resume "$run" --epochs "$FT_EPOCHS"
-  else
-    OMP_NUM_THREADS=1 $SPINESEG train --data "$WORK/ds_${1#run_}" --init-weights "$WORK/$1/last.pt" \
-      --context-slices 1 --context-mm 3 \
-      --sampling case --loss dicebce --patch 192 --batch-size 8 --epochs "$FT_EPOCHS" \
-      --max-steps-per-epoch 100 --foreground-fraction 0.5 --patience 0 --lr 5e-4 --seed 1 \
-      --workers 1 --device cpu -o "$run"
-  fi
-}
-stage2 run_final "$WORK/run_ft25" > "$WORK/ft25.log" 2>&1 &
-stage2 run_loo_ts_abdomen "$WORK/run_ft25_loo_ts_abdomen" > "$WORK/ft25_loo_ts_abdomen.log" 2>&1
-wait
-stage2 run_loo_ts_chest "$WORK/run_ft25_loo_ts_chest" > "$WORK/ft25_loo_ts_chest.log" 2>&1 &
-stage2 run_loo_verse012 "$WORK/run_ft25_loo_verse012" > "$WORK/ft25_loo_verse012.log" 2>&1
-wait
-# Then: python tools/ship_model.py "$WORK/run_ft25/last.pt" --note "tools/train_shipped_model.sh"
-# and per fold: python tools/evaluate_real_cases.py "$SHARED" --model "$WORK/run_ft25_loo_<case>/last.pt" --cases <case>
+# 4. Stage 2 (final model only): fine-tune with case-balanced sampling.
+run="$WORK/run_ft"
+if [ -f "$run/last.pt" ]; then
+  OMP_NUM_THREADS=1 $SPINESEG train --resume "$run" --epochs "$FT_EPOCHS" > "$WORK/ft.log" 2>&1
+else
+  OMP_NUM_THREADS=1 $SPINESEG train --data "$WORK/ds_final" --init-weights "$WORK/run_final/last.pt" \
+    --sampling case --loss dicebce --patch 192 --batch-size 8 --epochs "$FT_EPOCHS" \
+    --max-steps-per-epoch 100 --foreground-fraction 0.5 --patience 0 --lr 5e-4 --seed 1 \
+    --workers 1 --device cpu -o "$run" > "$WORK/ft.log" 2>&1
+fi
+# Then: python tools/ship_model.py "$WORK/run_ft/last.pt" --note "tools/train_shipped_model.sh"
