@@ -62,7 +62,7 @@ def test_context_round_trips_and_2d_dicts_stay_unchanged() -> None:
     assert Preprocessing.from_dict(pre.to_dict()) == pre and pre.channels == 5
     old = {"spacing_xy": [1.0, 1.0], "hu_min": -1000.0, "hu_max": 2000.0}
     assert Preprocessing.from_dict(old).channels == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         Preprocessing(context_slices=-1)
 
 

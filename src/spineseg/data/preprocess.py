@@ -11,6 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from spineseg.errors import InputError
+
+
+def check_context(context_slices: int, context_mm: float) -> None:
+    """Raise :class:`InputError` on a slice context no model could use (shared by every config
+    that carries one, so the rule and its message live here)."""
+    if context_slices < 0 or not context_mm > 0:
+        raise InputError("need context_slices >= 0 and context_mm > 0, got "
+                         f"{context_slices} and {context_mm}")
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -36,9 +46,7 @@ class Preprocessing:
     context_mm: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.context_slices < 0 or not self.context_mm > 0:
-            raise ValueError("need context_slices >= 0 and context_mm > 0, got "
-                             f"{self.context_slices} and {self.context_mm}")
+        check_context(self.context_slices, self.context_mm)
 
     @property
     def channels(self) -> int:
@@ -60,14 +68,16 @@ class Preprocessing:
 
         ``hu`` may be a memory map: only the slices needed are read. Context positions outside
         the volume are clamped to its first/last slice (edge padding, like a scan that simply
-        continues), and positions between slices are linearly interpolated.
+        continues), and positions between slices are linearly interpolated. Raises
+        :class:`InputError` when a 2.5-D model is given no slice spacing.
         """
-        z = np.arange(hu.shape[0])[zs] if isinstance(zs, slice) else np.asarray(zs, np.int64)
         if self.context_slices == 0:
-            sel = zs if isinstance(zs, slice) else z
-            return self.normalize(hu[sel, ys, xs])[:, None]
+            return self.normalize(hu[zs if isinstance(zs, slice) else np.asarray(zs, np.int64),
+                                     ys, xs])[:, None]
         if not spacing_z > 0:
-            raise ValueError(f"a 2.5-D model needs the slice spacing, got {spacing_z}")
+            raise InputError(f"the model reads {self.context_mm:g} mm of context on each side of "
+                             f"a slice and needs the slice spacing, got {spacing_z}")
+        z = np.arange(hu.shape[0])[zs] if isinstance(zs, slice) else np.asarray(zs, np.int64)
         last = hu.shape[0] - 1
         channels = []
         for k in range(-self.context_slices, self.context_slices + 1):

@@ -142,7 +142,7 @@ def iter_slice_logits(
     cuda = dev.type == "cuda"
     for start in range(0, hu.shape[0], batch_size):
         zs = slice(start, min(start + batch_size, hu.shape[0]))
-        x = torch.from_numpy(_network_input(preprocessing, hu, zs, spacing_z))
+        x = torch.from_numpy(preprocessing.network_input(hu, zs, spacing_z))
         x = x.to(dev, non_blocking=cuda)
         x, (top, left) = pad_to_multiple(x, divisor, air)
         if cuda:
@@ -151,13 +151,6 @@ def iter_slice_logits(
             logits = model(x)
         h, w = hu.shape[1:]
         yield start, logits[..., top:top + h, left:left + w].float()
-
-
-def _network_input(pre: Preprocessing, hu: np.ndarray, zs: slice, spacing_z: float) -> np.ndarray:
-    try:
-        return pre.network_input(hu, zs, spacing_z)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
 
 
 def predict_volume(model: nn.Module, hu: np.ndarray, preprocessing: Preprocessing, *,

@@ -118,10 +118,10 @@ def figure6(data: Path, models: list[FigureModel], out: Path, *,
         panels = [(np.asarray(volume[z])[box], f"CT {cid} z={z}", True),
                   (ref[box], "ground truth", False)]
         for m in models:
-            # A slab wide enough for a 2.5-D model's context (just slice z for a 2-D one).
-            r = math.ceil(m.preprocessing.context_slices * m.preprocessing.context_mm / sz) + 1
-            z0 = max(z - r, 0) if m.preprocessing.context_slices else z
-            z1 = min(z + r + 1, volume.shape[0]) if m.preprocessing.context_slices else z + 1
+            # A slab wide enough for a 2.5-D model's context (just slice z for a 2-D one): its
+            # interpolated planes never reach beyond ceil(offset) slices.
+            r = math.ceil(m.preprocessing.context_slices * m.preprocessing.context_mm / sz)
+            z0, z1 = max(z - r, 0), min(z + r + 1, volume.shape[0])
             pred = predict_volume(m.model, np.asarray(volume[z0:z1]), m.preprocessing,
                                   divisor=m.divisor, device=device, spacing_z=sz)[z - z0] > 0
             inter = int((pred & ref).sum())

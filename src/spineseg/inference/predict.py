@@ -77,9 +77,6 @@ def predict_probabilities(
     if cfg.batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
     pre: Preprocessing = model.preprocessing
-    if pre.context_slices and not spacing_z > 0:
-        raise InputError(f"the model reads {pre.context_mm:g} mm of context on each side of a "
-                         f"slice and needs the slice spacing, got {spacing_z}")
     dev = torch.device(device)
     out = np.zeros(hu.shape, dtype=np.float16)
     ys, xs = (body_bounding_box(hu, cfg.body_threshold_hu, cfg.margin_vox) if cfg.crop_to_body

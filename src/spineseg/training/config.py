@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spineseg.data.preprocess import check_context
 from spineseg.errors import DataError, InputError
 
 LOSSES: tuple[str, ...] = ("dice", "bce", "focal", "dicebce")
@@ -91,9 +92,7 @@ class TrainConfig:
             raise InputError("need lr > 0, 0 < lr_factor < 1 and min_lr >= 0")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
-        if self.context_slices < 0 or not self.context_mm > 0:
-            raise InputError("need context_slices >= 0 and context_mm > 0, got "
-                             f"{self.context_slices} and {self.context_mm}")
+        check_context(self.context_slices, self.context_mm)
         if not isinstance(self.model_config, dict):
             raise InputError("model_config must be a JSON object")
 
