@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep every thresholded voxel (no island removal)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average with the left-right mirrored slices "
+                        "(twice the inference time)")
     p.add_argument("--series", default=None, help="DICOM SeriesInstanceUID to use")
     p.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, metavar="N",
                    help="refuse images (as declared or after resampling to the model's spacing) "
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = SegmentConfig(
         device=device,
         series_uid=args.series,
-        predict=PredictConfig(batch_size=args.batch_size, progress=not args.quiet),
+        predict=PredictConfig(batch_size=args.batch_size, progress=not args.quiet,
+                              mirror=args.tta),
         postprocess=PostprocessConfig(enabled=not args.no_postprocess),
         mesh=MeshConfig(space=args.mesh_space, max_faces=args.max_faces) if mesh_fmt else None,
         keep_probabilities=args.probabilities,

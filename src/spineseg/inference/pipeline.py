@@ -200,6 +200,7 @@ def segment(
         "postprocess": {**report.__dict__,
                         "raw_volume_ml": round(raw_voxels * voxel_ml, 3)},
         "mesh_faces": len(mesh.faces) if mesh is not None else 0,
+        "test_time_mirroring": cfg.predict.mirror,
         "runtime_s": {k: round(v, 3) for k, v in times.items()},
         "device": cfg.device,
     }

@@ -23,7 +23,12 @@ from spineseg.models.padding import pad_to_multiple
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Knobs of slice inference: they change speed, not the thresholded mask.
+    """Knobs of slice inference: all but ``mirror`` change speed, not the thresholded mask.
+
+    ``mirror`` is test-time augmentation as nnU-Net does it, restricted to the one symmetry axial
+    anatomy has: the probability is the mean of the network on the slice and on its left-right
+    mirror image (flipped back). It costs a second forward pass per slice; the output becomes
+    exactly left-right equivariant (a mirrored scan gives the mirrored mask).
 
     ``fold_batchnorm`` and ``channels_last`` rewrite the network for inference
     (:mod:`spineseg.inference.optimize`; probabilities agree to ~1e-6). ``skip_boneless_slices``
@@ -42,6 +47,7 @@ class PredictConfig:
     channels_last: bool = True
     skip_boneless_slices: bool = False
     bone_hu: float = 150.0
+    mirror: bool = False
 
 
 def body_bounding_box(hu: np.ndarray, threshold: float, margin: int) -> tuple[slice, slice]:
@@ -105,8 +111,10 @@ def predict_probabilities(
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, enabled=use_amp):
-                logits = net(batch)
-            prob = torch.sigmoid(logits[:, 0].float())
+                prob = torch.sigmoid(net(batch)[:, 0].float())
+                if cfg.mirror:  # canonical LPS: the last axis runs patient right -> left
+                    mirrored = torch.sigmoid(net(batch.flip(-1))[:, 0].float()).flip(-1)
+                    prob = 0.5 * (prob + mirrored)
             crop = prob[:, oy:oy + h, ox:ox + w].cpu().numpy().astype(np.float16)
             if isinstance(zsel, slice):
                 out[zsel, ys, xs] = crop
