@@ -13,6 +13,7 @@ from spineseg.errors import ModelError
 from spineseg.training.checkpoint import (
     CHECKPOINT_FORMAT,
     REQUIRED_KEYS,
+    average_checkpoints,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -90,3 +91,25 @@ def test_wrong_or_missing_files_are_model_errors(tmp_path) -> None:
     del payload["optimizer"]
     with pytest.raises(ModelError, match="lacks optimizer"):
         save_checkpoint(tmp_path / "partial.pt", payload)
+
+
+def test_average_checkpoints_means_weights_and_refuses_mismatches(tmp_path) -> None:
+    paths = []
+    for epoch in (1, 2, 3):
+        payload = _payload()
+        payload["epoch"] = epoch
+        payload["state_dict"]["step"] = torch.tensor(epoch)  # an integer buffer
+        paths.append(save_checkpoint(tmp_path / f"e{epoch}.pt", payload))
+    states = [load_checkpoint(p)["state_dict"] for p in paths]
+    avg = average_checkpoints(paths)
+    for k in ("weight", "bias"):
+        torch.testing.assert_close(avg["state_dict"][k], sum(s[k] for s in states) / 3)
+        assert not torch.equal(avg["state_dict"][k], states[-1][k])
+    assert avg["state_dict"]["step"].item() == 3 and avg["averaged_epochs"] == [1, 2, 3]
+    assert avg["epoch"] == 3
+    other = _payload()
+    other["model_config"] = {"depth": 3}
+    with pytest.raises(ModelError, match="model_config differs"):
+        average_checkpoints([save_checkpoint(tmp_path / "o.pt", other), paths[0]])
+    with pytest.raises(ModelError, match="no checkpoints"):
+        average_checkpoints([])

@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--stresses", default=",".join(STRESSES))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--tta", action="store_true", help="test-time mirroring (segment --tta)")
     args = ap.parse_args()
     model = load_segmentation_model(args.model)
     rows = []
@@ -67,7 +68,7 @@ def main() -> None:
             # Post-processing's effect is measured on the clean scans (stresses: with it only).
             for post in (True, False) if stress == "clean" else (True,):
                 t = time.perf_counter()
-                cfg = SegmentConfig(predict=PredictConfig(progress=False), mesh=None,
+                cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=args.tta), mesh=None,
                                     postprocess=PostprocessConfig(enabled=post))
                 res = segment(vol, model, cfg)
                 m = evaluate_mask_pair(res.mask, ref, case)
@@ -83,7 +84,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "sha256": model.sha256,
-                                         "rows": rows}, indent=2) + "\n")
+                                         "tta": args.tta, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

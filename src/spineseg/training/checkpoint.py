@@ -144,3 +144,33 @@ def load_initial_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, A
 
 def software_version() -> str:
     return f"spineseg {__version__}, torch {torch.__version__}"
+
+
+def average_checkpoints(paths: list[str | os.PathLike[str]]) -> dict[str, Any]:
+    """The last checkpoint of ``paths`` with its weights replaced by the mean over all of them.
+
+    Averaging the weights of a run's last epochs (Izmailov et al.'s SWA, without a learning-rate
+    change) removes much of the epoch-to-epoch noise that a small, noisy validation set cannot
+    choose between. BatchNorm running statistics are averaged like the weights (an approximation
+    SWA would refine by a pass over the data); integer buffers come from the last file. Every
+    file must be the same network with the same preprocessing.
+    """
+    if not paths:
+        raise ModelError("no checkpoints to average")
+    payloads = [load_checkpoint(p) for p in paths]
+    last = payloads[-1]
+    for p, other in zip(paths, payloads, strict=True):
+        for key in ("model_name", "model_config", "preprocessing"):
+            if other[key] != last[key]:
+                raise ModelError(f"{p}: {key} differs from {paths[-1]}'s; cannot average")
+        if other["state_dict"].keys() != last["state_dict"].keys():
+            raise ModelError(f"{p}: different parameters from {paths[-1]}'s; cannot average")
+    state = {}
+    for k, v in last["state_dict"].items():
+        if v.is_floating_point():
+            state[k] = torch.stack([o["state_dict"][k].float() for o in payloads]).mean(0).to(
+                v.dtype)
+        else:
+            state[k] = v
+    return {**last, "state_dict": state,
+            "averaged_epochs": [int(o["epoch"]) for o in payloads]}
