@@ -82,7 +82,7 @@ def test_init_weights_from_a_checkpoint_and_from_an_fp16_model_file(dataset, tmp
     save_segmentation_model(model_file, model_name="unet", model_config=base["model_config"],
                             state_dict=base["state_dict"], preprocessing=Preprocessing(),
                             half=True)
-    name, config, state = load_initial_weights(model_file)
+    name, config, state, _ = load_initial_weights(model_file)
     assert name == "unet" and config == base["model_config"]
     assert all(v.dtype != torch.float16 for v in state.values())
     train(tiny_config(dataset, tmp_path / "ft16", epochs=1, lr=1e-12,
@@ -138,9 +138,11 @@ def test_cli_init_weights_shipped_fine_tunes_the_default_model(dataset, tmp_path
     shipped = load_segmentation_model(None)
     ckpt = load_checkpoint(tmp_path / "ft" / "last.pt")
     assert cfg["model"] == shipped.model_name and ckpt["model_config"] == shipped.model_config
-    # Input channels are left to the run's --context-slices, everything else is the file's.
+    # Input channels are left to the run's slice context, which is the file's by default...
     assert cfg["model_config"] == {k: v for k, v in shipped.model_config.items()
                                    if k != "in_channels"}
+    assert cfg["context_slices"] == shipped.preprocessing.context_slices
+    assert cfg["context_mm"] == shipped.preprocessing.context_mm
     ft = ckpt["state_dict"]
     for k, v in shipped.network.named_parameters():
         torch.testing.assert_close(ft[k], v.detach(), atol=1e-6, rtol=0)

@@ -84,8 +84,8 @@ def register(subparsers: Any) -> None:
                    help="distance between the context planes in mm (default 3)")
     p.add_argument("--init-weights", metavar="FILE",
                    help=f"fine-tune: start from a checkpoint or model file ('{SHIPPED}' = the "
-                        "shipped default model); its network is used unless "
-                        "--model/--width/--depth are given")
+                        "shipped default model); its network and slice context are used unless "
+                        "--model/--width/--depth or --context-slices/--context-mm are given")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=run)
 
@@ -135,12 +135,18 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if args.init_weights == SHIPPED:
         # Verifies the shipped file's SHA-256 before anything trains on it.
         given["init_weights"] = str(verified_default_model()[0])
-    if args.init_weights is not None and "model" not in given and model_config is None:
-        # The file's network, so `--init-weights best.pt` needs no repeated architecture flags.
-        name, config, _ = load_initial_weights(given["init_weights"])
-        # Input channels follow this run's --context-slices (a 2-D file can seed a 2.5-D run).
-        config.pop("in_channels", None)
-        given["model"], given["model_config"] = name, config
+    if args.init_weights is not None:
+        name, config, _, pre = load_initial_weights(given["init_weights"])
+        if "model" not in given and model_config is None:
+            # The file's network, so `--init-weights best.pt` needs no repeated architecture
+            # flags. Input channels follow the run's slice context (a 2-D file can seed 2.5-D).
+            config.pop("in_channels", None)
+            given["model"], given["model_config"] = name, config
+        if "context_slices" not in given and "context_mm" not in given:
+            # ...and the file's slice context, so a 2.5-D file fine-tunes as 2.5-D by default.
+            for key in ("context_slices", "context_mm"):
+                if key in pre:
+                    given[key] = pre[key]
     if "data" not in given or "out" not in given:
         raise InputError("--data and -o/--output are required (or --resume RUN)")
     return TrainConfig(**given), False

@@ -122,9 +122,10 @@ def load_checkpoint(path: str | os.PathLike[str],
     return payload
 
 
-def load_initial_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
-                                                               dict[str, torch.Tensor]]:
-    """``(model_name, model_config, state_dict)`` of a checkpoint or model file, for fine-tuning.
+def load_initial_weights(path: str | os.PathLike[str]) -> tuple[
+        str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """``(model_name, model_config, state_dict, preprocessing)`` of a checkpoint or model file,
+    for fine-tuning (``preprocessing`` is ``{}`` where the file has none).
 
     Both kinds of file share these keys, so a run's ``best.pt`` and the shipped fp16 model can seed
     a new run. Loaded with ``weights_only=True``; tensors come back in float32 so the optimiser
@@ -139,7 +140,9 @@ def load_initial_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, A
                          f"(expected keys {', '.join(keys)})")
     state = {str(k): (v.float() if v.is_floating_point() else v)
              for k, v in payload["state_dict"].items() if isinstance(v, torch.Tensor)}
-    return str(payload["model_name"]), dict(payload["model_config"]), state
+    pre = payload.get("preprocessing")
+    return (str(payload["model_name"]), dict(payload["model_config"]), state,
+            dict(pre) if isinstance(pre, dict) else {})
 
 
 def software_version() -> str:

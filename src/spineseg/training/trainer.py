@@ -271,7 +271,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     def _load_initial_weights(self, path: str) -> None:
-        name, config, state = load_initial_weights(path)
+        name, config, state, _ = load_initial_weights(path)
         mine = self.model.config.to_dict()
         theirs = build_model(name, **config).config.to_dict()
         # A 2-D file may seed a 2.5-D run (its input kernels are widened); nothing else may differ.
