@@ -72,3 +72,22 @@ def test_memory_check_runs_in_a_child_process() -> None:
     assert rep.shape_xyz == [48, 48, 24]
     assert rep.peak_rss_bytes > rep.input_bytes and rep.within_limit
     assert rep.peak_phase in rep.phase_peaks_bytes
+
+
+def test_tiny_benchmark_of_a_2_5d_model_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The MONAI peer reads the same multi-channel input as a 2.5-D model (the shipped one)."""
+    import torch
+
+    from spineseg.data.preprocess import Preprocessing
+    from spineseg.inference.model_file import save_segmentation_model
+    from spineseg.models import build_model
+
+    torch.manual_seed(0)
+    pre = Preprocessing(context_slices=1, context_mm=3.0)
+    net = build_model("msrunet", in_channels=pre.channels, base_width=8, depth=2)
+    path = tmp_path / "m25.pt"
+    save_segmentation_model(path, model_name="msrunet", model_config=net.config.to_dict(),
+                            state_dict=net.state_dict(), preprocessing=pre)
+    out = _cli(["--model", str(path), "--no-nnunet"], capsys)
+    ratio = next(line for line in out.splitlines() if line.startswith("vs MONAI"))
+    assert float(ratio.split(":")[1].strip().rstrip("×")) > 0

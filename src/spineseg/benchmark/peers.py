@@ -32,10 +32,13 @@ __all__ = ["NnUNetFastSpec", "basic_unet_model", "build_nnunet_fast", "run_nnune
 
 
 def basic_unet_model(preprocessing: Preprocessing, threshold: float = 0.5) -> SegmentationModel:
-    """MONAI's 2-D BasicUNet with default features, wrapped to run in spineseg's pipeline."""
+    """MONAI's 2-D BasicUNet with default features, wrapped to run in spineseg's pipeline.
+
+    It reads the same input as ours: one channel per plane of the preprocessing's slice context.
+    """
     from monai.networks.nets import BasicUNet
 
-    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1).eval()
+    net = BasicUNet(spatial_dims=2, in_channels=preprocessing.channels, out_channels=1).eval()
     # BasicUNet pools four times: slices are padded to multiples of 16 (model_config "depth").
     return SegmentationModel(network=net, model_name="monai.BasicUNet",
                              model_config={"depth": 4}, preprocessing=preprocessing,
