@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from spineseg.evaluation.metrics import paper_dsc
 from spineseg.io import Volume, read_image, reorient, resample_to
 
 PERIODS_MM = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -108,7 +109,7 @@ def quantise(vol: Volume, cells: list[np.ndarray]) -> np.ndarray:
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
-    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+    return paper_dsc(int((a & b).sum()), int(a.sum()), int(b.sum()))
 
 
 def main() -> None:
