@@ -68,8 +68,8 @@ def main() -> None:
             # Post-processing's effect is measured on the clean scans (stresses: with it only).
             for post in (True, False) if stress == "clean" else (True,):
                 t = time.perf_counter()
-                cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=args.tta), mesh=None,
-                                    postprocess=PostprocessConfig(enabled=post))
+                cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=args.tta),
+                                    mesh=None, postprocess=PostprocessConfig(enabled=post))
                 res = segment(vol, model, cfg)
                 m = evaluate_mask_pair(res.mask, ref, case)
                 key = "" if post else "_nopost"

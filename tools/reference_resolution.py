@@ -17,9 +17,9 @@ coarse cells (7 of the chest reference's 19 adjacent slice pairs are identical: 
 With ``--pred`` (a fine segmentation of the same scan), it estimates the ceiling such a
 reference puts on Dice: the prediction is block-averaged onto the detected cells (lattice T and
 phase in-plane, runs of identical planes through-plane), thresholded at 0.5 and brought back:
-the mask a perfect
-coarse segmenter that agreed with ``pred`` on every voxel's anatomy would have produced. Its
-Dice against ``pred`` is what lattice quantisation alone costs, before any disagreement.
+the mask a perfect coarse segmenter that agreed with ``pred`` on every voxel's anatomy would
+have produced. Its Dice against ``pred`` is what lattice quantisation alone costs, before any
+disagreement.
 """
 
 from __future__ import annotations
@@ -67,44 +67,40 @@ def plane_runs(vol: Volume, a: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(~same)])
 
 
-def axis_cells(ref: Volume) -> list[tuple[str, np.ndarray]]:
-    """Per physical axis, how the reference's coarse cells were found and the cell of each plane."""
+def axis_cells(ref: Volume) -> list[np.ndarray]:
+    """Per physical axis, the reference's coarse cell of each plane (printing how it was found)."""
     out = []
     for a, (pos, edges) in enumerate(zip(_axis_positions(ref), edge_positions(ref), strict=True)):
         runs = plane_runs(ref, a)
         filled = np.moveaxis(ref.array > 0, 2 - a, 0).reshape(len(runs), -1).any(1)
-        # Share of the non-empty planes that repeat their neighbour.
-        repeated = 1 - len(np.unique(runs[filled])) / max(1, filled.sum())
+        distinct = len(np.unique(runs[filled]))
+        repeated = 1 - distinct / max(1, filled.sum())  # share of non-empty planes repeated
         row = {t: lattice(edges, t) for t in PERIODS_MM if t > ref.spacing[a] * 1.01}
+        listed = ", ".join(f"{k:g} mm {c:.2f}" for k, (c, _) in row.items())
         t = max(row, key=lambda k: row[k][0]) if row else 0.0
         if row and row[t][0] > 0.5:
             print(f"axis {'xyz'[a]}: edges on a {t:g} mm lattice (coherence {row[t][0]:.2f}; "
-                  + ", ".join(f"{k:g} mm {c:.2f}" for k, (c, _) in row.items()) + ")")
-            out.append((f"{t:g} mm lattice", np.floor((pos - row[t][1]) / t).astype(np.int64)))
+                  f"{listed})")
+            out.append(np.floor((pos - row[t][1]) / t).astype(np.int64))
         elif repeated > 0.2:
-            src = ref.spacing[a] / (1 - repeated)
-            print(f"axis {'xyz'[a]}: {len(np.unique(runs[filled]))} distinct of {filled.sum()} "
-                  f"non-empty planes "
-                  f"(source spacing ~{src:.1f} mm)")
-            out.append((f"~{src:.1f} mm runs", runs))
+            print(f"axis {'xyz'[a]}: {distinct} distinct of {filled.sum()} non-empty planes "
+                  f"(source spacing ~{ref.spacing[a] / (1 - repeated):.1f} mm)")
+            out.append(runs)
         else:
-            print(f"axis {'xyz'[a]}: no coarser lattice ("
-                  + ", ".join(f"{k:g} mm {c:.2f}" for k, (c, _) in row.items()) + ")")
-            out.append(("native", np.arange(len(pos))))
+            print(f"axis {'xyz'[a]}: no coarser lattice ({listed})")
+            out.append(np.arange(len(pos)))
     return out
 
 
 def quantise(vol: Volume, cells: list[np.ndarray]) -> np.ndarray:
     """Block-majority of a fine mask over the given cells (cell index per plane, per axis)."""
     mask = (vol.array > 0).astype(np.float32)
-    # Cell id per voxel along each numpy axis; the block mean is the mean over equal ids.
-    cz, cy, cx = cells[2], cells[1], cells[0]
-    flat = (np.unique(cz, return_inverse=True)[1][:, None, None] * 10**8
-            + np.unique(cy, return_inverse=True)[1][None, :, None] * 10**4
-            + np.unique(cx, return_inverse=True)[1][None, None, :])
-    labels = np.unique(flat, return_inverse=True)[1].reshape(flat.shape) + 1
-    means = ndimage.mean(mask, labels, index=np.arange(1, labels.max() + 1))
-    return (means[labels - 1] >= 0.5).astype(np.uint8)
+    # One label per (z, y, x) cell: the block mean is the mean over voxels sharing a label.
+    iz, iy, ix = (np.unique(c, return_inverse=True)[1] for c in (cells[2], cells[1], cells[0]))
+    labels = ((iz[:, None, None] * (iy.max() + 1) + iy[None, :, None]) * (ix.max() + 1)
+              + ix[None, None, :])
+    means = ndimage.mean(mask, labels + 1, index=np.arange(1, labels.max() + 2))
+    return (means[labels] >= 0.5).astype(np.uint8)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,7 +124,7 @@ def main() -> None:
         print(f"Dice(pred, ref) = {dice(pred.array, ref.array):.3f}")
         for name, axes in (("in-plane only", (0, 1)), ("through-plane only", (2,)),
                            ("all axes", (0, 1, 2))):
-            cells = [found[a][1] if a in axes else np.arange(len(found[a][1])) for a in range(3)]
+            cells = [found[a] if a in axes else np.arange(len(found[a])) for a in range(3)]
             print(f"Dice(pred, pred on the reference's cells, {name}) = "
                   f"{dice(pred.array, quantise(pred, cells)):.3f}")
 

@@ -28,7 +28,8 @@ class PredictConfig:
     ``mirror`` is test-time augmentation as nnU-Net does it, restricted to the one symmetry axial
     anatomy has: the probability is the mean of the network on the slice and on its left-right
     mirror image (flipped back). It costs a second forward pass per slice; the output becomes
-    exactly left-right equivariant (a mirrored scan gives the mirrored mask).
+    left-right equivariant (a mirrored scan gives the mirrored probabilities, exactly so when the
+    padding to the network's divisor is symmetric).
 
     ``fold_batchnorm`` and ``channels_last`` rewrite the network for inference
     (:mod:`spineseg.inference.optimize`; probabilities agree to ~1e-6). ``skip_boneless_slices``
