@@ -76,3 +76,31 @@ def test_info_json_via_console_script(shared_data):
     np.testing.assert_allclose(got["spacing"], [0.9765625, 0.9765625, 2.0], atol=1e-6)
     assert got["modality"] == "CT" and got["looks_like_ct"] is True
     assert proc.stderr == ""
+
+
+def _tissue_crop(rng: np.random.Generator) -> np.ndarray:
+    """A spine-protocol field of view: muscle, fat and a bright vertebra, no air at all."""
+    arr = rng.normal(40.0, 20.0, (20, 64, 64))
+    arr[:, :, :12] = rng.normal(-100.0, 20.0, (20, 64, 12))  # subcutaneous / paraspinal fat
+    arr[:, 20:44, 20:44] = rng.normal(600.0, 150.0, (20, 24, 24))  # vertebral body
+    return arr
+
+
+def test_ct_verdict_accepts_a_tissue_only_crop():
+    from spineseg.io.describe import ct_verdict
+
+    ok, reason = ct_verdict(_tissue_crop(np.random.default_rng(0)))
+    assert ok, reason
+    assert "no air" in reason and "fat" in reason
+
+
+def test_ct_verdict_refuses_tissue_like_images_that_are_not_hu():
+    from spineseg.io.describe import ct_verdict
+
+    crop = _tissue_crop(np.random.default_rng(1))
+    zscored = (crop - crop.mean()) / crop.std()  # intensity-normalised: no HU layout left
+    assert not ct_verdict(zscored)[0]
+    no_bone = np.clip(crop, None, 200.0)  # a soft-tissue phantom without bone
+    assert not ct_verdict(no_bone)[0]
+    no_fat = np.where(crop < 0, 40.0, crop)
+    assert not ct_verdict(no_fat)[0]

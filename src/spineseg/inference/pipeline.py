@@ -23,10 +23,12 @@ from spineseg.inference.model_file import SegmentationModel, load_segmentation_m
 from spineseg.inference.postprocess import PostprocessConfig, clean_mask
 from spineseg.inference.predict import PredictConfig, predict_probabilities
 from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_spacing, resample_to
+from spineseg.io.describe import ct_verdict
 from spineseg.io.read import DEFAULT_MAX_VOXELS
 from spineseg.reconstruction import MeshConfig, mask_to_mesh
 
 log = logging.getLogger(__name__)
+_VERDICT_SAMPLE = 1 << 22  # voxels looked at for the "is this CT in HU?" warning
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,11 @@ def _check_intensities(vol: Volume) -> None:
     if lo == hi:
         raise InputError(f"{vol.meta.get('source', 'image')}: every voxel has the value {lo:g}; "
                          "this is not a CT image")
-    if lo > -500:
-        log.warning("%s: minimum intensity %.0f has no air near -1000 HU; this may not be a CT "
-                    "in Hounsfield units and the result may be wrong",
-                    vol.meta.get("source", "image"), lo)
+    stride = max(1, arr.size // _VERDICT_SAMPLE)
+    looks_ct, reason = ct_verdict(arr.ravel()[::stride])
+    if not looks_ct:
+        log.warning("%s: %s; this may not be a CT in Hounsfield units and the result may be "
+                    "wrong", vol.meta.get("source", "image"), reason)
 
 
 def _geometry(vol: Volume) -> dict[str, Any]:

@@ -19,6 +19,14 @@ _PERCENTILE_SAMPLE = 1 << 23
 _AIR_HU = (-1100.0, -900.0)
 _PADDING_BELOW_HU = -1500.0  # scanner fill outside the reconstruction circle (-2048, -3024)
 _MIN_AIR_FRACTION = 1e-3
+# A spine-protocol CT reconstructed on a small field of view holds no air, only tissue: it is
+# still HU if fat, soft tissue and bone are where CT puts them (docs/anatomy.md). A rescaled or
+# z-scored image has no such three-peak layout.
+_FAT_HU = (-190.0, -30.0)
+_SOFT_HU = (-200.0, 250.0)
+_MIN_FAT_FRACTION = 0.02
+_MIN_SOFT_FRACTION = 0.5
+_MIN_BONE_P99_HU = 300.0
 _CT_MAX_HU = 4000.0  # 12-bit CT tops out at 3071; metal/contrast may exceed it a little
 
 
@@ -74,13 +82,23 @@ def ct_verdict(values: np.ndarray) -> tuple[bool, str]:
         return False, f"all values below {_PADDING_BELOW_HU:g}"
     air = float(np.count_nonzero((body >= _AIR_HU[0]) & (body <= _AIR_HU[1]))) / body.size
     p1, p99 = (float(x) for x in np.percentile(body, [1, 99]))
-    if air < _MIN_AIR_FRACTION:
-        return False, (f"no air near -1000 HU (1st-99th percentiles {p1:g}..{p99:g}); not HU, "
-                       "or cropped to tissue only")
     if p99 > _CT_MAX_HU:
         return False, f"99th percentile {p99:g} is beyond the CT range (-1024..3071 HU)"
-    return True, (f"air near -1000 HU in {air:.1%} of voxels, 1st-99th percentiles "
-                  f"{p1:g}..{p99:g} within the CT range")
+    if air >= _MIN_AIR_FRACTION:
+        return True, (f"air near -1000 HU in {air:.1%} of voxels, 1st-99th percentiles "
+                      f"{p1:g}..{p99:g} within the CT range")
+    fat = _fraction(body, _FAT_HU)
+    soft = _fraction(body, _SOFT_HU)
+    if fat >= _MIN_FAT_FRACTION and soft >= _MIN_SOFT_FRACTION and p99 >= _MIN_BONE_P99_HU:
+        return True, (f"no air in the field of view (a tissue-only crop, as in spine-protocol "
+                      f"CT), but fat in {fat:.0%} and soft tissue in {soft:.0%} of voxels, "
+                      f"99th percentile {p99:g} HU (bone)")
+    return False, (f"no air near -1000 HU and no fat/soft-tissue/bone layout (fat {fat:.1%}, "
+                   f"soft tissue {soft:.0%}, 1st-99th percentiles {p1:g}..{p99:g}): not HU")
+
+
+def _fraction(values: np.ndarray, hu_range: tuple[float, float]) -> float:
+    return float(np.count_nonzero((values >= hu_range[0]) & (values <= hu_range[1]))) / values.size
 
 
 def describe(volume: Volume) -> ImageInfo:
