@@ -15,23 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from real_cases import CASES
 
 from spineseg.data.simulate import add_ct_noise, simulate_osteoporosis
 from spineseg.evaluation.evaluate import evaluate_mask_pair
-from spineseg.inference.model_file import load_segmentation_model
+from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.postprocess import PostprocessConfig
 from spineseg.inference.predict import PredictConfig
 from spineseg.io import Volume, read_image, resample_to
 
-CASES = {
-    "ts_chest": ("ts_chest_dicom", "ts_chest_dicom_ref/spine.nii.gz"),
-    "ts_abdomen": ("ts_abdomen_3mm/ct.nii.gz", "ts_abdomen_3mm/spine.nii.gz"),
-    "verse012": ("verse012/ct.nii.gz", "verse012/spine.nii.gz"),
-}
 STRESSES = ("clean", "noise50", "noise100", "noise150", "osteo60")
 
 
@@ -47,6 +44,37 @@ def stressed(ct: Volume, ref: Volume, stress: str, seed: int = 0) -> Volume:
     return ct.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))
 
 
+def score_case(shared_data: Path, case: str, model: SegmentationModel,
+               stresses: Sequence[str] = STRESSES, tta: bool = False,
+               compare_nopost: bool = True) -> list[dict[str, object]]:
+    """One row per stress: Dice, IoU, HD95, sensitivity, precision of ``segment`` on the case.
+
+    Post-processing's effect is measured on the clean scan only (``compare_nopost``).
+    """
+    entry = CASES[case]
+    ct = read_image(shared_data / entry.image)
+    ref = resample_to(read_image(shared_data / entry.spine), ct, interpolation="nearest")
+    rows: list[dict[str, object]] = []
+    for stress in stresses:
+        vol = stressed(ct, ref, stress)
+        row: dict[str, object] = {"case": case, "kind": entry.kind, "stress": stress}
+        for post in (True, False) if stress == "clean" and compare_nopost else (True,):
+            t = time.perf_counter()
+            cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=tta),
+                                mesh=None, postprocess=PostprocessConfig(enabled=post))
+            res = segment(vol, model, cfg)
+            m = evaluate_mask_pair(res.mask, ref, case)
+            key = "" if post else "_nopost"
+            row.update({f"dice{key}": round(m.dice, 4), f"iou{key}": round(m.iou, 4),
+                        f"hd95_mm{key}": round(m.hd95_mm, 2),
+                        f"seconds{key}": round(time.perf_counter() - t, 1)})
+            if post:
+                row["sensitivity"] = round(m.sensitivity, 4)
+                row["precision"] = round(m.precision, 4)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("shared_data", type=Path)
@@ -59,27 +87,7 @@ def main() -> None:
     model = load_segmentation_model(args.model)
     rows = []
     for case in args.cases.split(","):
-        image, mask = CASES[case]
-        ct = read_image(args.shared_data / image)
-        ref = resample_to(read_image(args.shared_data / mask), ct, interpolation="nearest")
-        for stress in args.stresses.split(","):
-            vol = stressed(ct, ref, stress)
-            row = {"case": case, "stress": stress}
-            # Post-processing's effect is measured on the clean scans (stresses: with it only).
-            for post in (True, False) if stress == "clean" else (True,):
-                t = time.perf_counter()
-                cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=args.tta),
-                                    mesh=None, postprocess=PostprocessConfig(enabled=post))
-                res = segment(vol, model, cfg)
-                m = evaluate_mask_pair(res.mask, ref, case)
-                key = "" if post else "_nopost"
-                row.update({f"dice{key}": round(m.dice, 4), f"iou{key}": round(m.iou, 4),
-                            f"hd95_mm{key}": round(m.hd95_mm, 2),
-                            f"seconds{key}": round(time.perf_counter() - t, 1)})
-                if not post:
-                    break
-                row["sensitivity"] = round(m.sensitivity, 4)
-                row["precision"] = round(m.precision, 4)
+        for row in score_case(args.shared_data, case, model, args.stresses.split(","), args.tta):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

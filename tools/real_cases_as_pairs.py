@@ -1,4 +1,4 @@
-"""Lay out the three real CT cases of ../shared/data as a "pairs" source for `spineseg prepare`.
+"""Lay out the real CT cases of ../shared/data as a "pairs" source for `spineseg prepare`.
 
     python tools/real_cases_as_pairs.py ../shared/data work/real
 
@@ -13,14 +13,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from spineseg.io import read_image, write_image
+from real_cases import CASES
 
-CASES = {
-    # case id: (image, binary spine mask)
-    "ts_chest": ("ts_chest_dicom", "ts_chest_dicom_ref/spine.nii.gz"),
-    "ts_abdomen": ("ts_abdomen_3mm/ct.nii.gz", "ts_abdomen_3mm/spine.nii.gz"),
-    "verse012": ("verse012/ct.nii.gz", "verse012/spine.nii.gz"),
-}
+from spineseg.io import read_image, write_image
 
 
 def main() -> None:
@@ -30,7 +25,8 @@ def main() -> None:
     args = ap.parse_args()
     for sub in ("images", "labels"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
-    for case, (image, mask) in CASES.items():
+    for case, entry in CASES.items():
+        image, mask = entry.image, entry.spine
         img_out = args.out / "images" / f"{case}.nii.gz"
         if not img_out.exists():
             write_image(read_image(args.shared_data / image), img_out)

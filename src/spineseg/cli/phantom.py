@@ -31,13 +31,17 @@ def register(subparsers: Any) -> None:
                    help="voxels per case (256 256 100)")
     p.add_argument("--reorient-prob", type=float, default=0.0, metavar="P",
                    help="probability of storing a case in a non-LPS voxel order (0)")
+    p.add_argument("--exclude-template", action="append", default=[], metavar="SUBJECT",
+                   help="do not use the vertebra shapes of this template subject (e.g. verse005, "
+                        "when that patient is held out); repeatable")
     p.add_argument("--dicom", action="store_true", help="also write each CT as a DICOM series")
     p.add_argument("--overwrite", action="store_true", help="replace existing cases")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = PhantomConfig(shape=tuple(args.size), reorient_prob=args.reorient_prob)
+    config = PhantomConfig(shape=tuple(args.size), reorient_prob=args.reorient_prob,
+                           exclude_templates=tuple(args.exclude_template))
     with tqdm(total=max(args.cases, 0), desc="phantoms", unit="case", file=sys.stderr,
               disable=None) as bar:
         written = write_phantom_dataset(args.output, args.cases, args.seed, config,

@@ -34,6 +34,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
+from spineseg.data.acquisition import RandContrastVesselsd, RandFieldOfViewd, RandSliceThicknessd
 from spineseg.data.preprocess import Preprocessing
 from spineseg.data.simulate import correlated_noise, simulate_osteoporosis
 
@@ -68,6 +69,14 @@ class AugmentConfig:
     noise_corr_sigma: tuple[float, float] = (0.5, 2.0)  # sharp … soft kernel (pixels)
     prob_osteoporosis: float = 0.3
     osteoporosis_target_hu: tuple[float, float] = (50.0, 110.0)
+    # Acquisition (spineseg.data.acquisition): spine-protocol field of view, sagittal/coronal
+    # slice thickness seen axially, contrast-filled aorta and vena cava.
+    prob_field_of_view: float = 0.3
+    field_of_view_mm: tuple[float, float] = (80.0, 250.0)
+    prob_slice_thickness: float = 0.2
+    slice_thickness_mm: tuple[float, float] = (2.0, 4.0)
+    prob_contrast_vessels: float = 0.2
+    aorta_hu: tuple[float, float] = (150.0, 400.0)
 
 
 class RandCorrelatedNoised(RandomizableTransform, MapTransform):
@@ -161,8 +170,9 @@ class RandOsteoporosisd(RandomizableTransform, MapTransform):
 def train_transforms(cfg: AugmentConfig | None = None) -> Compose:
     """The training augmentation pipeline for channel-first 2D dict samples.
 
-    Order follows acquisition: anatomy (bone density) first, then geometry, then the scanner
-    (contrast, resolution, blur) and finally noise, so noise is never blurred away. Image padding
+    Order follows acquisition: anatomy (bone density, contrast-filled vessels) first, then
+    geometry, then the scanner (slice thickness, contrast, resolution, blur), noise, so noise is
+    never blurred away, and last the reconstruction's field of view, whose fill is noise-free. Image padding
     uses the border value (air at the edge of a CT) — zero would be 500 HU in the normalised
     scale — and the label is resampled nearest-neighbour so it stays binary.
     """
@@ -172,6 +182,8 @@ def train_transforms(cfg: AugmentConfig | None = None) -> Compose:
     return Compose([
         RandOsteoporosisd("image", "label", cfg.prob_osteoporosis, cfg.osteoporosis_target_hu,
                           cfg.preprocessing),
+        RandContrastVesselsd("image", "label", cfg.prob_contrast_vessels, cfg.aorta_hu,
+                             cfg.preprocessing),
         RandAffined(KEYS, prob=cfg.prob_affine, rotate_range=rot,
                     scale_range=(cfg.scale, cfg.scale), mode=("bilinear", "nearest"),
                     padding_mode=("border", "zeros")),
@@ -180,6 +192,8 @@ def train_transforms(cfg: AugmentConfig | None = None) -> Compose:
                        padding_mode=("border", "zeros")),
         # Columns run patient right -> left (axis 1 of the spatial dims): mirror images exist.
         RandFlipd(KEYS, prob=cfg.prob_flip_lr, spatial_axis=1),
+        RandSliceThicknessd("image", cfg.prob_slice_thickness, cfg.slice_thickness_mm,
+                            cfg.preprocessing),
         RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=cfg.prob_intensity),
         RandShiftIntensityd("image", offsets=cfg.shift_hu / half, prob=cfg.prob_intensity),
         RandSimulateLowResolutiond("image", prob=cfg.prob_low_resolution,
@@ -189,4 +203,6 @@ def train_transforms(cfg: AugmentConfig | None = None) -> Compose:
         RandGaussianNoised("image", prob=cfg.prob_white_noise, std=cfg.white_noise_max_hu / half),
         RandCorrelatedNoised("image", cfg.prob_correlated_noise, cfg.noise_sd_hu,
                              cfg.noise_corr_sigma, cfg.preprocessing),
+        RandFieldOfViewd(KEYS, "label", cfg.prob_field_of_view, cfg.field_of_view_mm,
+                         cfg.preprocessing),
     ])

@@ -64,6 +64,8 @@ class PhantomConfig:
     reorient_prob: float = 0.0  # store the voxels in another orientation (exercises readers)
     reorient_codes: tuple[str, ...] = ("PIR", "RAS", "LAS", "RPI", "LPI", "ASL")
     center_level: str | None = None  # centre the slices on this level ("T8", "S1"); None: random
+    # Vertebra-shape template subjects left out (e.g. a held-out patient's own shapes).
+    exclude_templates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(s) < 16 for s in self.shape):
@@ -117,7 +119,8 @@ def generate_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
     cfg = config or PhantomConfig()
     rng = np.random.default_rng(seed)
     nx, ny, nz = (int(s) for s in cfg.shape)
-    column = build_column(rng, rng.uniform(*cfg.vertebra_scale), cfg.scoliosis_prob)
+    column = build_column(rng, rng.uniform(*cfg.vertebra_scale), cfg.scoliosis_prob,
+                          tuple(cfg.exclude_templates))
     zl = {n: column.height_of(n) for n in LEVEL_NAMES}
 
     # Slices: thickness, then a window along the column centred on a random level.

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from spineseg.data.phantom_grid import Grid, fill_cylinder, frame_from_axis, rotation
 from spineseg.data.shapes import LEVEL_NAMES, VertebraTemplate, load_templates
+from spineseg.errors import InputError
 
 # Body height (SI) and disc height below, mm, by level (docs/anatomy.md, after Panjabi et al.).
 _BODY_H = {"C": (13.0, 15.0), "T1": (16.0, 19.0), "T5": (18.0, 21.0), "T10": (21.0, 24.0),
@@ -82,9 +83,20 @@ def _bump(s: np.ndarray, start: float, end: float) -> np.ndarray:
     return np.sin(np.pi * u)
 
 
-def build_column(rng: np.random.Generator, scale: float, scoliosis_prob: float) -> Column:
-    """Place all 24 vertebrae C1-L5 along a random curve (only visible ones get rendered)."""
-    templates = load_templates()
+def build_column(rng: np.random.Generator, scale: float, scoliosis_prob: float,
+                 exclude_sources: tuple[str, ...] = ()) -> Column:
+    """Place all 24 vertebrae C1-L5 along a random curve (only visible ones get rendered).
+
+    ``exclude_sources``: template subjects not to use (a patient held out of a cross-validation
+    fold whose vertebra shapes are among the templates). A level left without any template is an
+    error rather than a silent fallback.
+    """
+    templates = {n: tuple(t for t in ts if t.source not in exclude_sources)
+                 for n, ts in load_templates().items()}
+    empty = [n for n in LEVEL_NAMES if not templates[n]]
+    if empty:
+        raise InputError(f"excluding template subject(s) {', '.join(exclude_sources)} leaves no "
+                         f"shape for {', '.join(empty)}")
     chosen = {n: templates[n][rng.integers(len(templates[n]))] for n in LEVEL_NAMES}
     disc_factor = rng.uniform(0.6, 1.1)  # degeneration narrows the discs
     heights, discs = {}, {}

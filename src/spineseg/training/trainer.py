@@ -259,9 +259,10 @@ class _Run:
         if len(self.train_ds) == 0:
             raise DataError(f"{cfg.data}: the training split has no slices")
         self.amp = cfg.amp and self.cuda
+        # channels_last (NHWC) on every device: on one CPU thread one update of the shipped
+        # network takes 0.96 s instead of 1.18 s (batch 8, 192², 3 channels); docs/performance.md.
         self.model.to(self.device)
-        if self.cuda:
-            self.model.to(memory_format=torch.channels_last)
+        self.model.to(memory_format=torch.channels_last)
         self.loss_fn = make_loss(cfg.loss)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
@@ -357,8 +358,7 @@ class _Run:
                     break
                 x = batch["image"].to(self.device, non_blocking=self.cuda)
                 y = batch["label"].to(self.device, non_blocking=self.cuda)
-                if self.cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     logits = net(x)
                 loss = self.loss_fn(logits.float(), y)

@@ -1,0 +1,181 @@
+"""Cross-validation of the shipped recipe on the real patients, scored through ``spineseg.segment``.
+
+    python tools/crossval.py ../shared/data work --base work/run_base/last.pt [--jobs 2]
+
+One network pre-trained on phantoms only (``--base``: it saw no real patient) is fine-tuned once
+per fold with the fine-tuning stage of ``tools/train_shipped_model.sh`` on every real patient
+outside the fold (plus the phantoms, for whole-body context), and each held-out patient is then
+segmented by the product pipeline from its original file, clean and stressed (noise SD 100 HU,
+osteoporotic bodies ~60 HU). The same run with no fold held out (``final``) is the model to ship.
+
+Steps, each resumable (a finished step is skipped on a re-run, a killed training resumes):
+``prepare`` datasets, ``train`` folds (``--jobs`` at a time, one thread each), ``score``
+held-out patients into ``WORK/crossval.json``, ``render`` the Markdown table of the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from evaluate_real_cases import score_case
+from real_cases import CASES
+
+# Folds are fixed before any scoring: every fold but the last holds out one whole-body or
+# thoracolumbar scan beside one lumbar crop, so each fine-tune keeps both kinds in training.
+FOLDS: dict[str, tuple[str, ...]] = {
+    "fold1": ("ts_chest", "verse005"),
+    "fold2": ("ts_abdomen", "verse006"),
+    "fold3": ("verse012", "verse007"),
+    "fold4": ("verse008",),
+}
+FINAL = "final"
+VAL = "phantom_000201"  # a phantom: validation runs every epoch and must stay cheap
+STRESSES = ("clean", "noise100", "osteo60")
+# The fine-tuning stage of the shipped recipe (tools/train_shipped_model.sh, stage 2).
+FINETUNE = ["--sampling", "case", "--loss", "dicebce", "--patch", "160", "--batch-size", "8",
+            "--max-steps-per-epoch", "100", "--foreground-fraction", "0.6", "--patience", "0",
+            "--lr", "5e-4", "--seed", "1", "--workers", "1", "--device", "cpu",
+            "--context-slices", "1", "--context-mm", "3"]
+
+
+def _spineseg() -> list[str]:
+    return [str(Path(sys.executable).with_name("spineseg"))]
+
+
+def prepare(work: Path, folds: Sequence[str]) -> None:
+    for fold in folds:
+        out = work / f"ds_{fold}"
+        if (out / "manifest.json").is_file():
+            continue
+        test = ",".join(FOLDS.get(fold, ())) or "0"
+        subprocess.run([*_spineseg(), "prepare", str(work / "real"), "-o", str(out),
+                        "--add-phantom", str(work / "phantoms"), "--val", VAL, "--test", test,
+                        "--noise-copies", "4", "--seed", "0", "--no-progress"], check=True)
+
+
+def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending = list(folds)
+    running: list[tuple[str, subprocess.Popen[bytes]]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            fold = pending.pop(0)
+            run = work / f"run_{fold}"
+            if (run / "last.pt").is_file():
+                argv = ["train", "--resume", str(run), "--epochs", str(epochs)]
+            else:
+                argv = ["train", "--data", str(work / f"ds_{fold}"), "--init-weights", str(base),
+                        "--epochs", str(epochs), *FINETUNE, "-o", str(run)]
+            log = open(work / f"{fold}.log", "ab")  # noqa: SIM115 - closed when the run ends
+            running.append((fold, subprocess.Popen([*_spineseg(), *argv], env=env, stdout=log,
+                                                   stderr=subprocess.STDOUT)))
+        fold, proc = running.pop(0)
+        if proc.wait() != 0:
+            raise SystemExit(f"{fold}: training failed (exit {proc.returncode}); see "
+                             f"{work / (fold + '.log')}")
+
+
+def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False) -> Path:
+    from spineseg.inference.model_file import load_segmentation_model
+
+    out = work / "crossval.json"
+    result = json.loads(out.read_text("utf-8")) if out.is_file() else {"rows": []}
+    done = {(r["fold"], r["case"], r["stress"]) for r in result["rows"]}
+    for fold in folds:
+        model = load_segmentation_model(work / f"run_{fold}" / "last.pt")
+        for case in FOLDS[fold]:
+            if all((fold, case, s) in done for s in STRESSES):
+                continue
+            for row in score_case(shared, case, model, STRESSES, tta=tta):
+                row = {"fold": fold, "model_sha256": model.sha256, **row}
+                result["rows"].append(row)
+                print(json.dumps(row), flush=True)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+            tmp.replace(out)
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def render(result: dict[str, object]) -> str:
+    """The held-out table: one row per patient, then mean ± SD over patients, overall and per kind
+    of scan."""
+    rows = result["rows"]  # type: ignore[index]
+    by = {(r["case"], r["stress"]): r for r in rows}  # type: ignore[union-attr]
+    cases = [c for c in CASES if (c, "clean") in by]
+    lines = ["| held-out patient | kind | fold | Dice | sens. | prec. | HD95 mm | Dice, noise SD 100 "
+             "| Dice, bodies ~60 HU | Dice, no post-processing |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        r = by[(c, "clean")]
+        kind = CASES[c].kind + (", sagittal" if CASES[c].sagittal else "")
+        lines.append(f"| {c} | {kind} | {r['fold']} | {r['dice']:.3f} | {r['sensitivity']:.3f} | "
+                     f"{r['precision']:.3f} | {r['hd95_mm']:.1f} | "
+                     f"{by[(c, 'noise100')]['dice']:.3f} | {by[(c, 'osteo60')]['dice']:.3f} | "
+                     f"{r['dice_nopost']:.3f} |")
+    groups = {"all patients": cases,
+              "whole-body": [c for c in cases if CASES[c].kind == "whole-body"],
+              "spine-crop": [c for c in cases if CASES[c].kind == "spine-crop"]}
+    for name, members in groups.items():
+        if not members:
+            continue
+        col = {k: [float(by[(c, s)][k]) for c in members]
+               for k, s in (("dice", "clean"), ("sensitivity", "clean"),
+                            ("precision", "clean"), ("hd95_mm", "clean"))}
+        noise = [float(by[(c, "noise100")]["dice"]) for c in members]
+        osteo = [float(by[(c, "osteo60")]["dice"]) for c in members]
+        nopost = [float(by[(c, "clean")]["dice_nopost"]) for c in members]
+        lines.append(f"| **mean ± SD, {name}** (n = {len(members)}) | | | "
+                     f"{_mean_sd(col['dice'])} | {_mean_sd(col['sensitivity'])} | "
+                     f"{_mean_sd(col['precision'])} | {statistics.fmean(col['hd95_mm']):.1f} | "
+                     f"{_mean_sd(noise)} | {_mean_sd(osteo)} | {_mean_sd(nopost)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("shared_data", type=Path)
+    ap.add_argument("work", type=Path, help="work folder of tools/train_shipped_model.sh")
+    ap.add_argument("--base", type=Path, help="phantom-only pre-trained run's last.pt")
+    ap.add_argument("--epochs", type=int, default=12, help="fine-tune epochs of 100 updates")
+    ap.add_argument("--jobs", type=int, default=2, help="folds trained at once (one thread each)")
+    ap.add_argument("--folds", default=",".join([*FOLDS, FINAL]))
+    ap.add_argument("--steps", default="prepare,train,score,render")
+    ap.add_argument("--tta", action="store_true", help="score with test-time mirroring")
+    args = ap.parse_args()
+    folds = args.folds.split(",")
+    unknown = [f for f in folds if f not in FOLDS and f != FINAL]
+    if unknown:
+        ap.error(f"unknown fold(s) {unknown}; choose from {', '.join([*FOLDS, FINAL])}")
+    steps = args.steps.split(",")
+    if "prepare" in steps:
+        prepare(args.work, folds)
+    if "train" in steps:
+        if args.base is None:
+            ap.error("train needs --base")
+        train(args.work, folds, args.base, args.epochs, args.jobs)
+    held_out = [f for f in folds if f in FOLDS]
+    if "score" in steps:
+        score(args.shared_data, args.work, held_out, args.tta)
+    if "render" in steps:
+        result = json.loads((args.work / "crossval.json").read_text("utf-8"))
+        table = render(result)
+        (args.work / "crossval.md").write_text(table, "utf-8")
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
