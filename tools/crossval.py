@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from evaluate_real_cases import score_case
 from real_cases import CASES
@@ -63,7 +64,7 @@ def prepare(work: Path, folds: Sequence[str]) -> None:
 def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending = list(folds)
-    running: list[tuple[str, subprocess.Popen[bytes]]] = []
+    running: list[tuple[str, subprocess.Popen[bytes], Any]] = []
     while pending or running:
         while pending and len(running) < jobs:
             fold = pending.pop(0)
@@ -73,11 +74,13 @@ def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int) 
             else:
                 argv = ["train", "--data", str(work / f"ds_{fold}"), "--init-weights", str(base),
                         "--epochs", str(epochs), *FINETUNE, "-o", str(run)]
-            log = open(work / f"{fold}.log", "ab")  # noqa: SIM115 - closed when the run ends
+            log = (work / f"{fold}.log").open("ab")
             running.append((fold, subprocess.Popen([*_spineseg(), *argv], env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT)))
-        fold, proc = running.pop(0)
-        if proc.wait() != 0:
+                                                   stderr=subprocess.STDOUT), log))
+        fold, proc, log = running.pop(0)
+        code = proc.wait()
+        log.close()
+        if code != 0:
             raise SystemExit(f"{fold}: training failed (exit {proc.returncode}); see "
                              f"{work / (fold + '.log')}")
 
