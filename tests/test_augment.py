@@ -24,7 +24,8 @@ from spineseg.io.read import read_image
 PP = Preprocessing()
 OFF = AugmentConfig(prob_affine=0, prob_elastic=0, prob_flip_lr=0, prob_intensity=0,
                     prob_low_resolution=0, prob_blur=0, prob_white_noise=0,
-                    prob_correlated_noise=0, prob_osteoporosis=0)
+                    prob_correlated_noise=0, prob_osteoporosis=0, prob_field_of_view=0,
+                    prob_slice_thickness=0, prob_contrast_vessels=0)
 
 
 @pytest.fixture(scope="module")

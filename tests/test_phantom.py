@@ -199,3 +199,19 @@ def test_spine_is_mostly_cancellous_like_real_ct():
         medians.append(float(np.median(v)))
     assert np.mean(fractions) > 0.5, fractions
     assert np.mean(medians) < 350, medians
+
+
+def test_excluded_template_subject_is_never_used():
+    import numpy as np
+
+    from spineseg.data.phantom_column import build_column
+    from spineseg.errors import InputError
+
+    for seed in range(6):
+        column = build_column(np.random.default_rng(seed), 1.0, 0.0,
+                              exclude_sources=("verse005",))
+        assert all(v.template.source != "verse005" for v in column.vertebrae)
+    with pytest.raises(InputError, match="leaves no shape"):
+        build_column(np.random.default_rng(0), 1.0, 0.0,
+                     exclude_sources=("gl003", "gl017", "sample001", "verse004", "verse005",
+                                      "verse010"))
