@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spineseg.errors import GeometryError, InputError, OutputError, ResourceError
-from spineseg.io.read import (
+from spineseg.io.itk_common import (
     DEFAULT_MAX_VOXELS,
     check_geometry_header,
     itk_reason,
