@@ -11,6 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pytest
+
+from spineseg.io import read_image
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "spineseg"
 
 
@@ -36,3 +42,21 @@ def test_dicom_reader_does_not_import_the_file_reader() -> None:
             "print(r.read_dicom_series is d.read_dicom_series)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+# --------------------------------------------------------------------------- NIfTI shapes
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_5d_nifti_with_singleton_axes_reads_as_3d(tmp_path: Path, dtype: type) -> None:
+    """(x, y, z, 1, 1) is one volume whatever its data type (int16 was read, float32 refused)."""
+    data = np.arange(6 * 7 * 5, dtype=dtype).reshape(6, 7, 5, 1, 1)
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "five.nii.gz")
+    vol = read_image(tmp_path / "five.nii.gz")
+    assert vol.shape_xyz == (6, 7, 5)
+    np.testing.assert_allclose(vol.spacing, (2.0, 3.0, 4.0))
+    assert vol.array.dtype == dtype
+    np.testing.assert_array_equal(vol.array, data[..., 0, 0].T)  # (x,y,z) -> (z,y,x)
+    # LPS from RAS: x and y flipped, so compare through nibabel's own orientation handling.
+    assert vol.orientation == "RAS"

@@ -93,8 +93,12 @@ def _nifti_float_image(path: Path, reader: sitk.ImageFileReader) -> sitk.Image:
         data = np.asanyarray(nib.load(path).dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt data
         raise InputError(f"{path}: cannot read the image data ({exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
+    # ITK reads (x, y, z, 1, ...) as 3D (it drops trailing length-1 axes); so must this path.
+    while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
+    if data.shape != tuple(reader.GetSize()):
+        raise GeometryError(f"{path}: image data of shape {data.shape} where the header declares "
+                            f"{tuple(reader.GetSize())}")
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # nibabel (i,j,k) -> (z,y,x)
     image.SetSpacing(reader.GetSpacing())
     image.SetOrigin(reader.GetOrigin())
