@@ -1,19 +1,33 @@
 """spineseg: fully automatic spine segmentation in CT and 3D reconstruction.
 
-``spineseg.segment(path_or_volume, model=None, config=None)`` is the notebook entry point; it is
-imported lazily so that ``import spineseg`` (and the CLI's ``--help``) stays fast.
+``spineseg.segment(image, model=None, config=None, progress=None)`` is the notebook entry point
+(``image``: a path, a DICOM folder, a :class:`Volume`, a SimpleITK or a nibabel image). The
+public names are imported on first use, so ``import spineseg`` (and the CLI's ``--help``) stays
+fast.
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 __version__ = "0.1.0"
 
+__all__ = ["SegmentConfig", "SegmentResult", "Volume", "segment"]
 
-def __getattr__(name: str) -> Any:
-    if name in {"segment", "SegmentConfig", "SegmentResult"}:
-        from spineseg.inference import pipeline
+# public name -> the module that defines it
+_LAZY = {
+    "segment": "spineseg.inference.api",
+    "SegmentResult": "spineseg.inference.api",
+    "SegmentConfig": "spineseg.inference.pipeline",
+    "Volume": "spineseg.io.volume",
+}
 
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'spineseg' has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'spineseg' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

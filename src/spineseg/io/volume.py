@@ -37,6 +37,13 @@ class Volume:
         if len(self.direction) != 9 or abs(abs(np.linalg.det(self.direction_matrix)) - 1) > 1e-3:
             raise GeometryError("invalid direction matrix (not orthonormal)")
 
+    def __repr__(self) -> str:
+        # The dataclass default would print every voxel (megabytes in a notebook cell).
+        z, y, x = self.array.shape
+        spacing = ", ".join(f"{s:.6g}" for s in self.spacing)
+        return (f"Volume(array (z, y, x)=({z}, {y}, {x}) {self.array.dtype}, "
+                f"spacing (x, y, z)=({spacing}) mm, orientation {self.orientation})")
+
     @property
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
