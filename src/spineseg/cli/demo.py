@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -12,13 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "shipped model, write mask, mesh, preview and stats, and print the Dice "
                        "against the phantom's truth.")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"),
-                   help="output folder (default: ./demo_output)")
+                   help="output folder (default: ./demo_output); a previous demo's outputs in "
+                        "it are replaced, a folder holding anything else is refused")
     p.add_argument("--seed", type=int, default=11, help="phantom seed")
     p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=(256, 256, 80),
                    help="phantom size in voxels (default 256 256 80)")
     p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous demo's outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     p.set_defaults(func=run)
 
 
@@ -27,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from spineseg.inference.model_file import load_segmentation_model
 
     model = load_segmentation_model(args.model)
-    res = run_demo(args.output, model, DemoConfig(seed=args.seed, shape=tuple(args.size), overwrite=args.overwrite,
-                                                  progress=not args.quiet))
+    # A bar redrawn with carriage returns is noise in a log file.
+    progress = not args.quiet and sys.stderr.isatty()
+    res = run_demo(args.output, model, DemoConfig(seed=args.seed, shape=tuple(args.size),
+                                                  progress=progress))
     info = res.input_info
     shape = "×".join(str(s) for s in info["shape"])
     spacing = "×".join(f"{s:.2f}" for s in info["spacing"])
