@@ -14,8 +14,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
-from spineseg.io import read_image
+from spineseg.cli.main import main
+from spineseg.errors import InputError
+from spineseg.io import read_image, write_dicom_series
+from synthetic_ct import ct_volume
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "spineseg"
 
@@ -60,3 +64,105 @@ def test_5d_nifti_with_singleton_axes_reads_as_3d(tmp_path: Path, dtype: type) -
     np.testing.assert_array_equal(vol.array, data[..., 0, 0].T)  # (x,y,z) -> (z,y,x)
     # LPS from RAS: x and y flipped, so compare through nibabel's own orientation handling.
     assert vol.orientation == "RAS"
+
+
+# --------------------------------------------------------------------------- DICOM folders
+
+
+def _write_slices(folder: Path, zs: list[float], *, uid: str = "2.25.11", modality: str = "CT",
+                  acquisitions: list[str] | None = None, prefix: str = "",
+                  size: int = 8) -> list[Path]:
+    """Hand-made axial slices (one file each) at positions ``zs``, with an AcquisitionNumber each
+    when given; the value of a slice is its position, so its order can be checked."""
+    folder.mkdir(exist_ok=True)
+    sop = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}[modality]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k, z in enumerate(zs):
+        img = sitk.GetImageFromArray(np.full((size, size), int(z * 10), np.int16))
+        img.SetSpacing((1.0, 1.0))
+        tags = {"0020|000e": uid, "0020|000d": "2.25.2", "0008|0060": modality,
+                "0008|0016": sop, "0008|0018": f"{uid}.{k + 1}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0020|0032": f"0\\0\\{z}", "0020|0013": str(k + 1)}
+        if acquisitions is not None:
+            tags["0020|0012"] = acquisitions[k]
+        for key, value in tags.items():
+            img.SetMetaData(key, value)
+        files.append(folder / f"{prefix}{k:03d}.dcm")
+        writer.SetFileName(str(files[-1]))
+        writer.Execute(img)
+    return files
+
+
+def _strip_pixel_data(path: Path) -> None:
+    """Cut a file before its (7FE0,0010) Pixel Data element: a valid header, no image."""
+    data = path.read_bytes()
+    at = data.rfind(b"\xe0\x7f\x10\x00")
+    assert at > 132
+    path.write_bytes(data[:at])
+
+
+def test_slice_without_pixel_data_is_named(tmp_path: Path) -> None:
+    folder = write_dicom_series(ct_volume((6, 16, 16)), tmp_path / "s")
+    victim = sorted(folder.iterdir())[2]
+    _strip_pixel_data(victim)
+    with pytest.raises(InputError, match="1 missing slice") as info:
+        read_image(folder)
+    assert victim.name in str(info.value) and "no pixel data" in str(info.value)
+    # A slice that is merely absent still reads as a gap, with no file to blame.
+    victim.unlink()
+    with pytest.raises(InputError, match="1 missing slice") as info:
+        read_image(folder)
+    assert "pixel data" not in str(info.value)
+
+
+def test_two_acquisitions_in_one_series_are_refused_naming_the_choice(tmp_path: Path,
+                                                                      capfd) -> None:
+    """Interleaved positions (acquisition 1 at even mm, 2 at odd mm) pass every geometry check
+    as one series with a 1 mm step; AcquisitionNumber tells them apart."""
+    zs = [0, 2, 4, 6, 1, 3, 5, 7]
+    folder = tmp_path / "s"
+    _write_slices(folder, zs, acquisitions=["1"] * 4 + ["2"] * 4)
+    with pytest.raises(InputError, match="2 acquisitions") as info:
+        read_image(folder)
+    msg = str(info.value)
+    assert "--series 2.25.11:1" in msg and "--series 2.25.11:2" in msg
+    second = read_image(folder, series_uid="2.25.11:2")
+    assert second.shape_xyz[2] == 4 and second.spacing[2] == pytest.approx(2.0)
+    np.testing.assert_array_equal(second.array[:, 0, 0], [10, 30, 50, 70])
+    assert second.meta["acquisition"] == "2" and second.meta["series_uid"] == "2.25.11"
+    with pytest.raises(InputError, match="no acquisition '3'"):
+        read_image(folder, series_uid="2.25.11:3")
+    # Through the CLI: exit 3, one line naming the choice.
+    assert main(["info", str(folder)]) == 3
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "--series 2.25.11:1" in err
+    assert main(["info", str(folder), "--series", "2.25.11:1"]) == 0
+    # A repeated acquisition at the same positions is named the same way, not as a duplicate.
+    repeat = tmp_path / "r"
+    _write_slices(repeat, [0, 1, 2, 0, 1, 2], acquisitions=["1"] * 3 + ["2"] * 3)
+    with pytest.raises(InputError, match="2 acquisitions"):
+        read_image(repeat)
+
+
+def test_one_acquisition_number_per_slice_or_block_is_one_volume(tmp_path: Path) -> None:
+    """Axial step-and-shoot scans number each rotation: contiguous blocks are one volume."""
+    per_slice = tmp_path / "a"
+    _write_slices(per_slice, [0, 1, 2, 3, 4, 5], acquisitions=[str(k) for k in range(1, 7)])
+    assert read_image(per_slice).shape_xyz[2] == 6
+    blocks = tmp_path / "b"
+    _write_slices(blocks, [0, 1, 2, 3, 4, 5], acquisitions=["1"] * 3 + ["2"] * 3)
+    assert read_image(blocks).shape_xyz[2] == 6
+
+
+def test_ct_series_preferred_over_a_larger_mr_series(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    _write_slices(folder, [0, 1, 2, 3], uid="2.25.40", prefix="ct")
+    _write_slices(folder, [float(z) for z in range(10)], uid="2.25.50", modality="MR",
+                  prefix="mr")
+    vol = read_image(folder)
+    assert vol.meta["series_uid"] == "2.25.40" and vol.meta["modality"] == "CT"
+    note = vol.meta["series_note"]
+    assert "the only CT series" in note and "2.25.50 (10 slices, MR)" in note
+    assert read_image(folder, series_uid="2.25.50").meta["modality"] == "MR"

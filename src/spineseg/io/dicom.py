@@ -3,11 +3,17 @@
 Reading trusts neither file names nor GDCM's file order: every slice header is read, slices are
 sorted by ImagePositionPatient projected on the slice normal, and mixed sizes, orientations, pixel
 spacings, duplicate positions, gaps (missing slices), uneven spacing and gantry tilt are refused —
-ITK would otherwise build a silently wrong grid from them.
+ITK would otherwise build a silently wrong grid from them. Two acquisitions stored under one
+SeriesInstanceUID whose slices overlap in position are refused too, naming how to choose one
+(``UID:ACQUISITION``): interleaved, they would pass every other check as one volume.
+
+Of several series in a folder, a CT series is read before any other modality (the model expects
+Hounsfield units), then the one with the most slices; the choice and why are in ``series_note``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -47,6 +53,9 @@ class DicomSeries:
     description: str
     files: tuple[Path, ...]
     modality: str = ""
+    #: DICOM files of the folder that carry this series' UID but that GDCM could not read as an
+    #: image (no pixel data, damaged): named when the series turns out to have a gap.
+    unreadable: tuple[Path, ...] = ()
 
     @property
     def label(self) -> str:
@@ -70,6 +79,30 @@ def _tag(reader: sitk.ImageFileReader, key: str) -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
 
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _skipped_dicom_files(folder: Path, listed: set[str]) -> dict[Path, bytes]:
+    """DICOM files GDCM left out of every series, with their first MiB (to look for a UID)."""
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.name in listed or p.name.startswith(".") or not p.is_file():
+            continue
+        if _has_dicom_preamble(p):
+            try:
+                with open(p, "rb") as f:
+                    out[p] = f.read(1 << 20)
+            except OSError:
+                continue
+    return out
+
+
 def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
     """The DICOM series in ``folder`` (not recursive), most slices first."""
     path = Path(folder)
@@ -78,10 +111,12 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
         if not uids:
             raise InputError(f"{path}: no DICOM files found (expected a folder holding a series)")
+        by_uid = {uid: tuple(Path(f) for f in
+                             sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid))
+                  for uid in uids}
+        skipped = _skipped_dicom_files(path, {f.name for fs in by_uid.values() for f in fs})
         found = []
-        for uid in uids:
-            files = tuple(Path(f) for f in
-                          sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid))
+        for uid, files in by_uid.items():
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(files[0]))
             try:
@@ -89,7 +124,8 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
                 description, modality = _tag(reader, "0008|103e"), _tag(reader, "0008|0060")
             except RuntimeError:
                 description, modality = "", ""
-            found.append(DicomSeries(uid, len(files), description, files, modality))
+            unreadable = tuple(p for p, head in skipped.items() if uid and uid.encode() in head)
+            found.append(DicomSeries(uid, len(files), description, files, modality, unreadable))
     return sorted(found, key=lambda s: (-s.n_slices, s.uid))
 
 
@@ -100,6 +136,7 @@ class _Slice:
     spacing: tuple[float, float]
     origin: np.ndarray
     direction: np.ndarray
+    acquisition: str = ""
 
 
 def _slice_headers(series: DicomSeries) -> list[_Slice]:
@@ -117,7 +154,8 @@ def _slice_headers(series: DicomSeries) -> list[_Slice]:
                              "convert it to NIfTI first")
         out.append(_Slice(f, (size[0], size[1]), (spacing[0], spacing[1]),
                           np.asarray(reader.GetOrigin()[:3], float),
-                          np.asarray(reader.GetDirection(), float).reshape(len(size), len(size))))
+                          np.asarray(reader.GetDirection(), float).reshape(len(size), len(size)),
+                          _tag(reader, "0020|0012")))
     return out
 
 
@@ -131,16 +169,83 @@ def _most_common(values: list, what: str, folder: Path, slices: list[_Slice]) ->
         raise InputError(f"{folder}: DICOM slices of mixed {what}: {summary}; e.g. {odd}")
 
 
-def _sorted_positions(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], float]:
-    """Sort slices along the normal and return them with the (verified uniform) slice spacing."""
+def _normal(s: _Slice) -> np.ndarray:
+    rows = s.direction[:3, :2]
+    return np.cross(rows[:, 0], rows[:, 1])
+
+
+def _acquisition_key(value: str) -> str:
+    """AcquisitionNumber as written ("2", "02", "2.0" are one acquisition); "" when absent."""
+    try:
+        return str(int(float(value)))
+    except ValueError:
+        return value.strip()
+
+
+def _acquisitions(slices: list[_Slice]) -> dict[str, list[_Slice]]:
+    groups: dict[str, list[_Slice]] = {}
+    for s in slices:
+        groups.setdefault(_acquisition_key(s.acquisition), []).append(s)
+    return dict(sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0])))
+
+
+def _overlap(groups: dict[str, list[_Slice]]) -> bool:
+    """Do two acquisitions of several slices each cover the same stretch (interleaved, repeated)
+    or lie in different planes? One acquisition number per slice or per contiguous block (axial
+    step-and-shoot scans) is one volume and does not count."""
+    stacks = [g for g in groups.values() if len(g) >= 2]
+    if len(stacks) < 2:
+        return False
+    normal = _normal(stacks[0][0])
+    ranges = []
+    for g in stacks:
+        if not np.allclose(_normal(g[0]), normal, atol=1e-4):
+            return True
+        pos = [s.origin @ normal for s in g]
+        ranges.append((min(pos), max(pos)))
+    ranges.sort()
+    return any(b[0] <= a[1] + _POSITION_TOL_MM for a, b in itertools.pairwise(ranges))
+
+
+def _one_acquisition(folder: Path, series: DicomSeries, slices: list[_Slice],
+                     wanted: str | None) -> list[_Slice]:
+    """The slices of one acquisition: ``wanted``, or all when they form one volume."""
+    groups = _acquisitions(slices)
+
+    def listing() -> str:
+        parts = []
+        for key, g in groups.items():
+            pos = [s.origin @ _normal(g[0]) for s in g]
+            parts.append(f"{key or '(none)'}: {len(g)} slices at {min(pos):.1f}..{max(pos):.1f} mm")
+        return ", ".join(parts)
+
+    if wanted is not None:
+        key = _acquisition_key(wanted)
+        if key not in groups:
+            raise InputError(f"{folder}: DICOM series {series.label} has no acquisition "
+                             f"{wanted!r}; AcquisitionNumber {listing()}")
+        return groups[key]
+    if _overlap(groups):
+        choices = " or ".join(f"--series {series.uid}:{k}" for k in groups if k)
+        raise InputError(f"{folder}: DICOM series {series.label} holds {len(groups)} acquisitions "
+                         f"that overlap in position (AcquisitionNumber {listing()}); read as one "
+                         f"they would interleave into a wrong volume: choose one with {choices}, "
+                         "or move each acquisition's files into a folder of its own")
+    return slices
+
+
+def _sorted_positions(folder: Path, slices: list[_Slice],
+                      unreadable: tuple[Path, ...] = ()) -> tuple[list[_Slice], float]:
+    """Sort slices along the normal and return them with the (verified uniform) slice spacing.
+
+    ``unreadable``: files of the series GDCM could not read, named when a slice is missing."""
     if len(slices) < 2:
         raise GeometryError(f"{folder}: a single DICOM slice (2D); a 3D series is required")
     _most_common([s.size for s in slices], "size", folder, slices)
     _most_common([tuple(np.round(s.spacing, 4)) for s in slices], "pixel spacing", folder, slices)
     _most_common([tuple(np.round(s.direction[:3, :2].ravel(), 4)) for s in slices],
                  "orientation", folder, slices)
-    rows = slices[0].direction[:3, :2]
-    normal = np.cross(rows[:, 0], rows[:, 1])
+    normal = _normal(slices[0])
     pos = np.array([s.origin @ normal for s in slices])
     order = np.argsort(pos, kind="stable")
     slices, pos = [slices[i] for i in order], pos[order]
@@ -149,7 +254,8 @@ def _sorted_positions(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice],
         i = int(np.argmin(gaps))
         raise InputError(f"{folder}: two DICOM slices at the same position {pos[i]:.3f} mm "
                          f"({slices[i].file.name}, {slices[i + 1].file.name}); the folder mixes "
-                         "acquisitions: choose one series or separate the files")
+                         "acquisitions or holds a copied file: choose one series or separate "
+                         "the files")
     step = float(np.median(gaps))
     bad = np.abs(gaps - step) > max(_POSITION_TOL_MM, _SPACING_REL_TOL * step)
     if np.any(bad):
@@ -157,9 +263,16 @@ def _sorted_positions(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice],
         missing = round(gaps[i] / step) - 1
         what = (f"{missing} missing slice(s)" if missing >= 1 and abs(gaps[i] - (missing + 1) * step)
                 < max(_POSITION_TOL_MM, _SPACING_REL_TOL * step) else "inconsistent slice spacing")
+        why = ""
+        if unreadable:
+            names = ", ".join(f.name for f in unreadable[:3])
+            names += " …" if len(unreadable) > 3 else ""
+            why = (f"; {len(unreadable)} file(s) of this series could not be read as a slice "
+                   f"(no pixel data, or damaged): {names}")
         raise InputError(f"{folder}: {what}: a gap of {gaps[i]:.3f} mm between positions "
                          f"{pos[i]:.3f} and {pos[i + 1]:.3f} mm where the series steps "
-                         f"{step:.3f} mm ({slices[i].file.name} -> {slices[i + 1].file.name})")
+                         f"{step:.3f} mm ({slices[i].file.name} -> {slices[i + 1].file.name})"
+                         f"{why}")
     # Slices must lie on the normal through the first one; otherwise (gantry tilt) the grid shears.
     offsets = np.array([s.origin - slices[0].origin for s in slices])
     in_plane = offsets - np.outer(offsets @ normal, normal)
@@ -171,26 +284,35 @@ def _sorted_positions(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice],
 
 def read_dicom_series(folder: str | os.PathLike[str], *, series_uid: str | None = None,
                       max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    """Read one DICOM series from ``folder`` (see :func:`spineseg.io.read_image`)."""
+    """Read one DICOM series from ``folder`` (see :func:`spineseg.io.read_image`).
+
+    ``series_uid`` chooses a series, ``"UID:N"`` acquisition N of it. Without it a CT series is
+    preferred over other modalities, then the one with the most slices (``meta["series_note"]``).
+    """
     path = Path(folder)
     series = list_dicom_series(path)
     note = ""
+    acquisition = None
     if series_uid is not None:
-        chosen = next((s for s in series if s.uid == series_uid), None)
+        uid, _, rest = series_uid.partition(":")
+        acquisition = rest if ":" in series_uid else None
+        chosen = next((s for s in series if s.uid == uid), None)
         if chosen is None:
             listing = ", ".join(f"{s.label} ({s.n_slices} slices)" for s in series)
-            raise InputError(f"{path}: no DICOM series with UID {series_uid!r}; "
+            raise InputError(f"{path}: no DICOM series with UID {uid!r}; "
                              f"available: {listing}")
     else:
-        chosen = series[0]
+        chosen, why = _default_series(series)
         if len(series) > 1:
-            others = ", ".join(f"{s.label} ({s.n_slices} slices)" for s in series[1:])
+            others = ", ".join(f"{s.label} ({s.n_slices} slices, {s.modality or 'no modality'})"
+                               for s in series if s is not chosen)
             note = (f"{path} holds {len(series)} DICOM series; read {chosen.label} "
-                    f"({chosen.n_slices} slices, the most); others: {others}; "
+                    f"({chosen.n_slices} slices, {why}); others: {others}; "
                     "choose one with --series UID")
             log.warning(note)
     with quiet_itk():
-        slices, step = _sorted_positions(path, _slice_headers(chosen))
+        headers = _one_acquisition(path, chosen, _slice_headers(chosen), acquisition)
+        slices, step = _sorted_positions(path, headers, chosen.unreadable)
         nx, ny = slices[0].size
         check_geometry_header(path, (nx, ny, len(slices)),
                               (*slices[0].spacing, step), 1, max_voxels)
@@ -207,9 +329,24 @@ def read_dicom_series(folder: str | os.PathLike[str], *, series_uid: str | None 
     meta = {"source": str(path.resolve()), "format": "DICOM", "series_uid": chosen.uid,
             "modality": chosen.modality, "series_description": chosen.description,
             "n_files": str(len(slices))}
+    if acquisition is not None:
+        meta["acquisition"] = _acquisition_key(acquisition)
     if note:
         meta["series_note"] = note
     return volume_from_image(image, path, meta)
+
+
+def _default_series(series: list[DicomSeries]) -> tuple[DicomSeries, str]:
+    """CT first (the model reads Hounsfield units; a larger MR series is not its input), then
+    the most slices; with why, for the note. ``series`` is ordered most slices first."""
+    ct = [s for s in series if s.modality.upper() == "CT"]
+    if not ct:
+        return series[0], "the most; none is CT"
+    if len(ct) == len(series):
+        return ct[0], "the most"
+    if len(ct) == 1:
+        return ct[0], "the only CT series" + (", not the largest" if ct[0] is not series[0] else "")
+    return ct[0], "the CT series with the most slices"
 
 
 def _new_uid() -> str:
