@@ -7,6 +7,7 @@ Every input is built here, tiny and synthetic; none of these tests needs the rea
 from __future__ import annotations
 
 import ast
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import SimpleITK as sitk
 
 from spineseg.cli.main import main
 from spineseg.errors import InputError
-from spineseg.io import read_image, write_dicom_series
+from spineseg.io import Volume, read_image, write_dicom_series, write_image
 from synthetic_ct import ct_volume
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "spineseg"
@@ -166,3 +167,24 @@ def test_ct_series_preferred_over_a_larger_mr_series(tmp_path: Path) -> None:
     note = vol.meta["series_note"]
     assert "the only CT series" in note and "2.25.50 (10 slices, MR)" in note
     assert read_image(folder, series_uid="2.25.50").meta["modality"] == "MR"
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_counts_nan_voxels_of_a_float_prediction_as_background(tmp_path: Path,
+                                                                        caplog) -> None:
+    from spineseg.evaluation.evaluate import evaluate_masks
+
+    ref = np.zeros((4, 8, 8), np.uint8)
+    ref[1:3, 2:6, 2:6] = 1
+    pred = ref.astype(np.float32)
+    pred[:, 0, :] = np.nan  # a NaN border (e.g. a resampling that filled outside with NaN)
+    for name, arr in (("ref", ref), ("pred", pred)):
+        (tmp_path / name).mkdir()
+        write_image(Volume(arr, (1.0, 1.0, 2.0)), tmp_path / name / "c1.nii.gz")
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_masks(tmp_path / "pred", tmp_path / "ref")
+    assert result.cases[0].dice == 1.0 and result.cases[0].precision == 1.0
+    assert any("32 voxels are NaN" in r.getMessage() and "c1.nii.gz" in r.getMessage()
+               for r in caplog.records)

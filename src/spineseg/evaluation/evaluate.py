@@ -17,6 +17,7 @@ measures the network alone on prepared slices, without the product pipeline's po
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from spineseg.io import Volume, read_image, resample_to
 from spineseg.models.padding import pad_to_multiple
 
 MASK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- masks on disk
@@ -75,10 +77,25 @@ def align_mask(pred: Volume, ref: Volume) -> Volume:
     return resample_to(pred, ref, interpolation="nearest")
 
 
+def binary_mask(volume: Volume, name: str = "") -> np.ndarray:
+    """uint8 spine mask: finite nonzero voxels. NaN/inf (a float mask from a broken export or a
+    resampling that filled outside the scan with NaN) is not spine, and is logged as a warning:
+    ``NaN != 0`` would otherwise count every such voxel as foreground."""
+    arr = np.asarray(volume.array)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return (arr != 0).astype(np.uint8)
+    finite = np.isfinite(arr)
+    bad = int(arr.size - np.count_nonzero(finite))
+    if bad:
+        where = name or volume.meta.get("source", "") or "mask"
+        log.warning("%s: %d voxels are NaN or infinite; counted as background", where, bad)
+    return (finite & (arr != 0)).astype(np.uint8)
+
+
 def evaluate_mask_pair(pred: Volume, ref: Volume, case: str = "") -> VolumeMetrics:
-    """Metrics of one prediction against its reference (nonzero = spine in both)."""
-    aligned = align_mask(pred.with_array((np.asarray(pred.array) != 0).astype(np.uint8)), ref)
-    ref_lps = _to_lps(ref.with_array((np.asarray(ref.array) != 0).astype(np.uint8)))
+    """Metrics of one prediction against its reference (finite nonzero = spine in both)."""
+    aligned = align_mask(pred.with_array(binary_mask(pred, pred.meta.get("source", case))), ref)
+    ref_lps = _to_lps(ref.with_array(binary_mask(ref, ref.meta.get("source", case))))
     pred_lps = _to_lps(aligned.with_array(np.asarray(aligned.array).astype(np.uint8)))
     return volume_metrics(pred_lps.array, ref_lps.array, ref_lps.spacing, case)
 
