@@ -1,8 +1,9 @@
 """Shared test fixtures.
 
-Tests that need the real CT data in ``../shared/data`` use the ``shared_data`` fixture: without the
-folder they skip (saying why); under ``CI=true`` they fail instead, so CI can never go green by
-skipping the real-data checks.
+Tests that need the real CT data in ``../shared/data`` (or ``$SPINESEG_SHARED_DATA``) use the
+``shared_data`` fixture. Without the folder they are left out at collection and the run ends with
+one line saying how many and why (not one SKIPPED line each); under ``CI=true`` they fail
+instead, so CI can never go green without the real-data checks.
 """
 
 from __future__ import annotations
@@ -20,16 +21,49 @@ def _shared_data_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
+def _missing_data_reason() -> str | None:
+    path = _shared_data_dir()
+    if (path / "README.md").is_file():
+        return None
+    return f"real CT data not found at {path} (set SPINESEG_SHARED_DATA)"
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _under_ci() or _missing_data_reason() is None:
+        return
+    needs = [item for item in items if "shared_data" in getattr(item, "fixturenames", ())
+             or item.get_closest_marker("shared_data") is not None]
+    if needs:
+        left_out = set(needs)
+        items[:] = [item for item in items if item not in left_out]
+        config.hook.pytest_deselected(items=needs)
+        config.stash[_LEFT_OUT] = len(needs)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    count = config.stash.get(_LEFT_OUT, 0)
+    if count:
+        terminalreporter.write_line(f"{count} tests that need the real CT data were not run: "
+                                    f"{_missing_data_reason()}")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to ``../shared/data`` (override with ``SPINESEG_SHARED_DATA``)."""
-    path = _shared_data_dir()
-    if not (path / "README.md").is_file():
-        reason = f"real CT data not found at {path} (set SPINESEG_SHARED_DATA)"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+    reason = _missing_data_reason()
+    if reason is not None:
+        if _under_ci():
             pytest.fail(f"CI=true but {reason}")
         pytest.skip(reason)
-    return path
+    return _shared_data_dir()
 
 
 @pytest.fixture(autouse=True)

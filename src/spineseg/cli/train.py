@@ -70,8 +70,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default auto)")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
     p.add_argument("--resume", metavar="RUN",
-                   help="continue RUN from its last.pt with its own settings "
-                        "(only --epochs, --patience, --device, --workers may be given)")
+                   help="continue RUN from its last.pt with its own settings (only --epochs, "
+                        "--patience, --device, --workers may be given; --epochs is the run's "
+                        "total: fewer than it has completed is refused, as many does nothing)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="training augmentation (default on)")
     p.add_argument("--sampling", choices=SAMPLINGS,
@@ -163,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        result = train(config, resume=resume, progress=True, stop=stop)
+        # No bar when stderr is a log file: its carriage-return redraws would fill it.
+        result = train(config, resume=resume, progress=sys.stderr.isatty(), stop=stop)
     except KeyboardInterrupt:
         if main_rank:
             print(f"error: interrupted; {Path(config.out) / LAST_FILE} holds the last completed "

@@ -213,6 +213,11 @@ class _Run:
             if diff:
                 raise InputError(f"{last}: cannot resume with changed settings {', '.join(diff)} "
                                  "(only epochs, patience, device and workers may change)")
+            done = int(ckpt["epoch"])
+            if self.config.epochs < done:  # epochs is the run's total, not a number to add
+                raise InputError(f"{last}: the run has completed {done} epochs, more than the "
+                                 f"{self.config.epochs} asked for; --epochs is the total, so "
+                                 f"give more than {done} to train further")
             return ckpt
         for name in RUN_FILES:
             check_output_path(self.run_dir / name, self.config.overwrite)
