@@ -29,7 +29,7 @@ def test_info_on_dicom_series(shared_data, capsys):
     assert f["shape (x,y,z)"] == "512 x 512 x 20"
     assert f["spacing (mm)"] == "0.9766 x 0.9766 x 2.0000"
     assert f["orientation"] == "LPS"
-    assert f["origin (mm)"] == "(-249.51, -437.51, -804.50)"
+    assert f["origin (mm, LPS)"] == "(-249.51, -437.51, -804.50)"
     assert f["format"] == "DICOM"
     assert f["CT"].startswith("yes")
     assert f["non-finite"].startswith("0 ")

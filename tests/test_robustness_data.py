@@ -7,6 +7,7 @@ Every input is built here, tiny and synthetic; none of these tests needs the rea
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import subprocess
 import sys
@@ -188,3 +189,29 @@ def test_evaluate_counts_nan_voxels_of_a_float_prediction_as_background(tmp_path
     assert result.cases[0].dice == 1.0 and result.cases[0].precision == 1.0
     assert any("32 voxels are NaN" in r.getMessage() and "c1.nii.gz" in r.getMessage()
                for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- info and the CLI
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``spineseg info --json | head``: the reader goes away, no error and no traceback."""
+    write_image(ct_volume(), tmp_path / "ct.nii.gz")
+    proc = subprocess.Popen([sys.executable, "-m", "spineseg.cli.main", "info", "--json",
+                             str(tmp_path / "ct.nii.gz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read().decode("utf-8", "replace")
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
+def test_info_says_the_origin_is_lps(tmp_path: Path, capsys) -> None:
+    write_image(ct_volume(origin=(-5.0, 7.0, 11.0)), tmp_path / "ct.nii.gz")
+    assert main(["info", str(tmp_path / "ct.nii.gz")]) == 0
+    rows = dict(line.split("  ", 1) for line in capsys.readouterr().out.splitlines())
+    assert rows["origin (mm, LPS)"].strip() == "(-5.00, 7.00, 11.00)"
+    assert main(["info", "--json", str(tmp_path / "ct.nii.gz")]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["space"] == "LPS" and facts["origin"] == [-5.0, 7.0, 11.0]

@@ -15,12 +15,14 @@ def register(subparsers: Any) -> None:
         "info",
         help="show an image's grid, orientation, intensity range and whether it looks like CT",
         description="Read a NIfTI/NRRD/MetaImage file or a DICOM series folder and print its "
-                    "shape (x, y, z), spacing, orientation code, origin, intensity range and "
+                    "shape (x, y, z), spacing, orientation code, origin (mm, in LPS physical "
+                    "coordinates, as DICOM and ITK use), intensity range and "
                     "whether the values look like CT in Hounsfield units.",
     )
     p.add_argument("path", help="image file or folder holding a DICOM series")
     p.add_argument("--series", metavar="UID", default=None,
-                   help="DICOM series instance UID to read when the folder holds several")
+                   help="DICOM series instance UID to read when the folder holds several; "
+                        "UID:N reads acquisition N of a series holding several")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
     p.set_defaults(func=run)
 
@@ -38,7 +40,7 @@ def format_info(info: ImageInfo) -> str:
         ("shape (x,y,z)", " x ".join(str(s) for s in info.shape)),
         ("spacing (mm)", " x ".join(f"{s:.4f}" for s in info.spacing)),
         ("orientation", info.orientation),
-        ("origin (mm)", "(" + ", ".join(f"{o:.2f}" for o in info.origin) + ")"),
+        (f"origin (mm, {info.space})", "(" + ", ".join(f"{o:.2f}" for o in info.origin) + ")"),
         ("dtype", info.dtype),
         ("intensity", f"min {_num(info.min)}  max {_num(info.max)}  mean {_num(info.mean)}  "
                       f"p1..p99 {_num(info.p1)}..{_num(info.p99)}"),

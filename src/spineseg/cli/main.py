@@ -2,7 +2,9 @@
 
 Only this package prints and exits. A :class:`~spineseg.errors.SpinesegError` becomes one line
 ``error: <message>`` on stderr and its exit code; anything unexpected becomes a one-line internal
-error (exit 1). ``--debug`` shows the traceback instead.
+error (exit 1). ``--debug`` shows the traceback instead. A reader that closes the pipe early
+(``spineseg info --json | head``) ends the command quietly with exit 141 (128 + SIGPIPE), as it
+would end a shell tool.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Sequence
 
 from spineseg import __version__
 from spineseg.errors import EXIT_INTERRUPTED, SpinesegError
+
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool stopped by SIGPIPE
 
 # name -> one-line purpose, in the order ``--help`` lists them. Each ``spineseg.cli.<name>`` module
 # defines ``register(subparsers)`` adding its parser with ``func(args) -> int`` as default. Only the
@@ -99,7 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except SpinesegError as exc:
         if args.debug:
             traceback.print_exc()
@@ -116,6 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is still buffered cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _one_line(text: str) -> str:

@@ -53,6 +53,9 @@ class ImageInfo:
     series_uid: str | None = None
     modality: str | None = None
     series_note: str | None = None
+    #: The physical frame of ``origin`` and ``direction``: x right→left, y anterior→posterior,
+    #: z inferior→superior (DICOM's and ITK's; NIfTI's RAS has x and y negated).
+    space: str = "LPS"
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able: tuples become lists, NaN statistics (no finite voxel) become None."""

@@ -110,6 +110,8 @@ def read_image(path: str | os.PathLike[str], *, series_uid: str | None = None,
                max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     """Read a 3D image file or a DICOM series folder into a :class:`Volume`.
 
+    ``series_uid`` chooses the DICOM series of a folder holding several (``"UID:N"``: acquisition
+    N of a series holding several acquisitions; see :mod:`spineseg.io.dicom`).
     ``meta`` carries ``source`` (resolved path) and ``format``; DICOM adds ``series_uid``,
     ``modality``, ``series_description`` and, when the folder held several series,
     ``series_note``. Float images with NaN/inf voxels are kept, with ``meta["nonfinite"]`` (the
