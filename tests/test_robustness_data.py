@@ -19,7 +19,8 @@ import pytest
 import SimpleITK as sitk
 
 from spineseg.cli.main import main
-from spineseg.errors import InputError
+from spineseg.data.prepare import PrepareConfig, prepare_dataset, split_patients
+from spineseg.errors import DataError, InputError, PartialFailure
 from spineseg.io import Volume, read_image, write_dicom_series, write_image
 from synthetic_ct import ct_volume
 
@@ -215,3 +216,97 @@ def test_info_says_the_origin_is_lps(tmp_path: Path, capsys) -> None:
     assert main(["info", "--json", str(tmp_path / "ct.nii.gz")]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["space"] == "LPS" and facts["origin"] == [-5.0, 7.0, 11.0]
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _pairs_source(folder: Path, names: list[str], broken: tuple[str, ...] = ()) -> Path:
+    """A ``pairs`` source: ``<case>.nii.gz`` + ``<case>_seg.nii.gz``; ``broken`` cases get an
+    unreadable image."""
+    folder.mkdir(parents=True)
+    for i, name in enumerate(names):
+        vol = ct_volume((4, 16, 16), seed=i)
+        mask = vol.with_array((vol.array > 400).astype(np.uint8))
+        write_image(mask, folder / f"{name}_seg.nii.gz")
+        if name in broken:
+            (folder / f"{name}.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+        else:
+            write_image(vol, folder / f"{name}.nii.gz")
+    return folder
+
+
+@pytest.mark.parametrize("spacing", ["0", "nan", "-1", "inf"])
+def test_prepare_refuses_a_bad_spacing_before_writing(tmp_path: Path, capfd,
+                                                      spacing: str) -> None:
+    src = _pairs_source(tmp_path / "src", ["a", "b"])
+    out = tmp_path / "ds"
+    rc = main(["prepare", str(src), "-o", str(out), "--val", "0", "--no-progress",
+               "--spacing", spacing])
+    err = capfd.readouterr().err
+    assert rc == 3, err
+    assert err.count("\n") == 1 and "--spacing" in err and "failed" not in err
+    assert not out.exists()
+
+
+def test_test_count_takes_real_patients_first() -> None:
+    """The README's ``--val 0.2 --test 2`` on 2 real + 4 phantom patients: the test split is
+    the two patients and validation still gets a phantom, whatever the seed."""
+    kinds = {"r1": "real", "r2": "real"} | {f"p{i}": "phantom" for i in range(4)}
+    for seed in range(8):
+        s = split_patients(kinds, "0.2", "2", seed=seed)
+        assert sorted(p for p, v in s.items() if v == "test") == ["r1", "r2"], seed
+        assert [kinds[p] for p, v in s.items() if v == "val"] == ["phantom"], seed
+    # Validation counts stay in shuffled order (real patients are not drained from training).
+    vals = {tuple(sorted(p for p, v in split_patients(kinds, "2", "0", seed=k).items()
+                         if v == "val")) for k in range(8)}
+    assert any(all(p.startswith("p") for p in v) for v in vals)
+
+
+def test_fraction_that_rounds_to_none_still_takes_one_patient() -> None:
+    two = {"a": "real", "b": "real"}
+    s = split_patients(two, "0.2", "0", seed=0)
+    assert sorted(s.values()) == ["train", "val"]
+    # ... but never the last one training needs: then the split stays empty.
+    assert list(split_patients({"a": "real"}, "0.2", "0", seed=0).values()) == ["train"]
+    mixed = {"r1": "real", "p1": "phantom", "p2": "phantom"}
+    s = split_patients(mixed, "0.1", "0", seed=0)
+    assert sum(v == "val" for v in s.values()) == 1
+    assert next(p for p, v in s.items() if v == "val").startswith("p")  # the larger kind
+
+
+def test_empty_validation_split_after_a_failed_case_is_warned(tmp_path: Path, caplog) -> None:
+    src = _pairs_source(tmp_path / "src", ["a", "b", "c"], broken=("b",))
+    with caplog.at_level(logging.WARNING), pytest.raises(PartialFailure) as info:
+        prepare_dataset([src], tmp_path / "ds", PrepareConfig(val="b", test="0"))
+    result = info.value.result  # type: ignore[attr-defined]
+    assert result.splits["val"] == [] and "b" in result.failed
+    assert len(result.warnings) == 1
+    assert "val split is empty" in result.warnings[0] and "b failed" in result.warnings[0]
+    assert any("val split is empty" in r.getMessage() for r in caplog.records)
+
+
+def test_dataset_from_before_the_split_rule_resumes_unless_a_patient_moves(tmp_path: Path
+                                                                           ) -> None:
+    src = _pairs_source(tmp_path / "src", ["a", "b", "c"])
+    out = tmp_path / "ds"
+    cfg = PrepareConfig(val="1", test="0", seed=1)
+    first = prepare_dataset([src], out, cfg)
+    manifest_file = out / "manifest.json"
+    data = json.loads(manifest_file.read_text(encoding="utf-8"))
+    assert data["config"].pop("split_rule") == 2
+    manifest_file.write_text(json.dumps(data), encoding="utf-8")
+    again = prepare_dataset([src], out, cfg)
+    assert again.prepared == [] and sorted(again.skipped) == sorted(first.prepared)
+    assert json.loads(manifest_file.read_text(encoding="utf-8"))["config"]["split_rule"] == 2
+    # An older rule that had put another patient in validation: refused, not silently re-split.
+    (val_case,) = again.splits["val"]
+    other = again.splits["train"][0]
+    data = json.loads(manifest_file.read_text(encoding="utf-8"))
+    del data["config"]["split_rule"]
+    data["cases"][val_case]["split"], data["cases"][other]["split"] = "train", "val"
+    data["splits"]["val"], data["splits"]["train"] = [other], sorted(
+        [c for c in data["splits"]["train"] if c != other] + [val_case])
+    manifest_file.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match="earlier spineseg whose split rule"):
+        prepare_dataset([src], out, cfg)

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="in-plane spacing in mm (default %(default)s)")
     p.add_argument("--val", default="0.2", metavar="N|F|IDS",
                    help="validation patients: count, fraction or comma-separated ids")
-    p.add_argument("--test", default="0", metavar="N|F|IDS", help="test patients (as --val)")
+    p.add_argument("--test", default="0", metavar="N|F|IDS",
+                   help="test patients (as --val; a count takes real patients before phantoms)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-copies", type=int, default=0, metavar="K",
                    help="extra noisy/osteoporotic copies of each real training case")

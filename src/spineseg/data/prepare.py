@@ -14,6 +14,8 @@ still prepared, and :class:`~spineseg.errors.PartialFailure` is raised at the en
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sys
 import zlib
 from collections.abc import Sequence
@@ -55,6 +57,10 @@ from spineseg.io.read import read_image
 
 CANONICAL = "LPS"
 PAD_HU = -1000.0  # air, for resampled points just outside the scan
+# Version of split_patients' rule, kept in the manifest's settings: 2 takes real patients first
+# for a test count and at least one patient for a fraction that rounds to none.
+SPLIT_RULE = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,9 @@ class PrepareConfig:
     """Settings of one preparation; a re-run into the same folder must use the same ones.
 
     ``val``/``test``: a count ("2"), a fraction ("0.2", stratified by kind) or comma-separated
-    patient or case ids ("sub-verse012,s0011"). ``noise_copies``: extra noisy and/or osteoporotic
-    copies of each real training case (noise SD and target density drawn from the ranges).
+    patient or case ids ("sub-verse012,s0011"); see :func:`split_patients`. ``noise_copies``:
+    extra noisy and/or osteoporotic copies of each real training case (noise SD and target
+    density drawn from the ranges).
     """
 
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
@@ -90,6 +97,7 @@ class PrepareConfig:
         d = asdict(self)
         d.pop("progress")
         d["preprocessing"] = self.preprocessing.to_dict()
+        d["split_rule"] = SPLIT_RULE
         return json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
 
 
@@ -102,6 +110,7 @@ class PrepareResult:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     splits: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # also logged
 
 
 def prepare_dataset(sources: Sequence[SourceSpec | str | Path], out: str | Path,
@@ -110,6 +119,11 @@ def prepare_dataset(sources: Sequence[SourceSpec | str | Path], out: str | Path,
     config = config or PrepareConfig()
     if config.noise_copies < 0:
         raise DataError(f"noise copies must be >= 0, got {config.noise_copies}")
+    spacing = tuple(float(v) for v in config.preprocessing.spacing_xy)
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        # Checked before anything is written: every case would fail, leaving an empty dataset.
+        raise InputError(f"in-plane spacing (--spacing) must be a number of mm > 0, got "
+                         f"{' x '.join(f'{v:g}' for v in spacing)}")
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(Path(s)) for s in sources]
     if not specs:
         raise DataError("no source folders given")
@@ -132,7 +146,7 @@ def prepare_dataset(sources: Sequence[SourceSpec | str | Path], out: str | Path,
         raise DataError(f"case ids occur in several sources: {dupes}; rename them")
     patient_split = split_patients({c.patient: c.kind for c in found}, config.val, config.test,
                                    config.seed, {c.case_id: c.patient for c in found})
-    manifest = _open_manifest(root, config, source_info, label_maps)
+    manifest = _open_manifest(root, config, source_info, label_maps, patient_split)
     result = PrepareResult(root)
     copies = [(c, k) for c in found if c.kind == "real" and patient_split[c.patient] == "train"
               for k in range(1, config.noise_copies + 1)]
@@ -159,6 +173,15 @@ def prepare_dataset(sources: Sequence[SourceSpec | str | Path], out: str | Path,
     validate_manifest(manifest, root)
     write_manifest(root, manifest)
     result.splits = manifest.splits
+    for split, spec in (("val", config.val), ("test", config.test)):
+        if not manifest.splits[split] and _requested(spec):
+            drawn = sorted(c.case_id for c in found if patient_split[c.patient] == split)
+            why = (f"its case(s) {', '.join(drawn)} failed" if drawn else
+                   f"--{split} {spec!r} chose none of the patients left for it")
+            result.warnings.append(f"{root}: the {split} split is empty: {why}"
+                                   + ("; training needs validation cases" if split == "val"
+                                      else ""))
+            log.warning(result.warnings[-1])
     if result.failed:
         exc = PartialFailure(f"{len(result.failed)} of {len(found) + len(copies)} cases failed: "
                              + "; ".join(f"{k}: {v}" for k, v in sorted(result.failed.items())))
@@ -172,7 +195,10 @@ def split_patients(patients: dict[str, str], val: str, test: str, seed: int,
     """Assign every patient (id -> kind) to train/val/test; seeded, never one patient in two.
 
     Test is drawn first, then validation, from one seeded shuffle. Fractions are applied per kind
-    so a few real cases among many phantoms still reach every split.
+    so a few real cases among many phantoms still reach every split; a fraction > 0 that rounds
+    to none for every kind still takes one patient, of the most numerous kind, as long as one is
+    left after it. A test count takes real patients before phantoms (a score on phantoms says
+    little about patients); a validation count takes them in shuffled order.
     """
     case_to_patient = case_to_patient or {}
     order = sorted(patients)
@@ -181,7 +207,8 @@ def split_patients(patients: dict[str, str], val: str, test: str, seed: int,
     assigned: dict[str, str] = {}
     for split, spec in (("test", test), ("val", val)):
         free = [p for p in shuffled if p not in assigned]
-        for p in _choose(spec, free, patients, case_to_patient, split):
+        for p in _choose(spec, free, patients, case_to_patient, split,
+                         real_first=split == "test"):
             if p in assigned:
                 raise DataError(f"patient {p} is requested for both {assigned[p]} and {split}")
             assigned[p] = split
@@ -192,10 +219,18 @@ def split_patients(patients: dict[str, str], val: str, test: str, seed: int,
     return out
 
 
+def _requested(spec: str) -> bool:
+    """Does a --val/--test value ask for any patient ("0", "0.0" and "" do not)?"""
+    try:
+        return float(str(spec).strip() or 0) != 0
+    except ValueError:
+        return True  # ids
+
+
 def _choose(spec: str, free: list[str], kinds: dict[str, str],
-            case_to_patient: dict[str, str], split: str) -> list[str]:
+            case_to_patient: dict[str, str], split: str, real_first: bool = False) -> list[str]:
     spec = str(spec).strip()
-    if spec in ("", "0", "0.0"):
+    if not _requested(spec):
         return []
     try:
         number = float(spec)
@@ -209,17 +244,21 @@ def _choose(spec: str, free: list[str], kinds: dict[str, str],
                 raise DataError(f"--{split}: unknown patient or case id {name!r}")
             chosen.append(p)
         return chosen
-    if number < 0 or (not number.is_integer() and number >= 1):
+    if not math.isfinite(number) or number < 0 or (not number.is_integer() and number >= 1):
         raise DataError(f"--{split} {spec!r}: use a count, a fraction in (0, 1) or ids")
     if number >= 1 or "." not in spec:
         n = int(number)
         if n > len(free):
             raise DataError(f"--{split} {n}: only {len(free)} patients left to choose from")
+        if real_first:
+            free = sorted(free, key=lambda p: kinds[p] != "real")  # stable: shuffle order kept
         return free[:n]
     chosen = []
-    for kind in sorted({kinds[p] for p in free}):
-        pool = [p for p in free if kinds[p] == kind]
+    pools = {kind: [p for p in free if kinds[p] == kind] for kind in sorted(set(kinds.values()))}
+    for pool in pools.values():
         chosen.extend(pool[: round(number * len(pool))])
+    if not chosen and len(free) > 1:
+        chosen = max(pools.values(), key=len)[:1]
     return chosen
 
 
@@ -228,10 +267,22 @@ def _now() -> str:
 
 
 def _open_manifest(root: Path, config: PrepareConfig, sources: list[dict[str, Any]],
-                   label_maps: dict[str, dict[str, Any]]) -> Manifest:
+                   label_maps: dict[str, dict[str, Any]],
+                   patient_split: dict[str, str]) -> Manifest:
     fingerprint = {**config.fingerprint(), "sources": [s["path"] for s in sources]}
     if manifest_path(root).exists():
         manifest = read_manifest(root)
+        if "split_rule" not in manifest.config and \
+                {**manifest.config, "split_rule": SPLIT_RULE} == fingerprint:
+            # Prepared before the split rule was recorded: resume only if no patient moves.
+            moved = sorted({c.patient for c in manifest.cases.values()
+                            if patient_split.get(c.patient, c.split) != c.split})
+            if moved:
+                raise DataError(f"{root}: prepared by an earlier spineseg whose split rule put "
+                                f"patient(s) {', '.join(moved)} in other splits; use a new "
+                                "output folder")
+            manifest.config = fingerprint
+            return manifest
         if manifest.config != fingerprint:
             changed = sorted(k for k in fingerprint if manifest.config.get(k) != fingerprint[k])
             raise DataError(f"{root}: prepared earlier with different settings ({', '.join(changed)}"
