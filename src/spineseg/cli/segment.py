@@ -63,8 +63,14 @@ def _shard(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from spineseg.inference.batch import is_dicom_folder, segment_batch
+    from spineseg.inference.claim import claim_output_folder
     from spineseg.inference.model_file import load_segmentation_model
-    from spineseg.inference.outputs import OutputConfig, check_outputs, write_case_outputs
+    from spineseg.inference.outputs import (
+        OutputConfig,
+        check_outputs,
+        run_settings,
+        write_case_outputs,
+    )
     from spineseg.inference.pipeline import SegmentConfig, segment
     from spineseg.inference.postprocess import PostprocessConfig
     from spineseg.inference.predict import PredictConfig
@@ -97,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
         max_voxels=args.max_voxels,
     )
     if not batch:
-        res = segment(src, model, cfg)
-        written = write_case_outputs(res, args.output, ocfg)
+        # Claimed for the whole run, so a second run into the same folder is refused at once.
+        with claim_output_folder(args.output):
+            check_outputs(args.output, ocfg, [src])
+            res = segment(src, model, cfg)
+            written = write_case_outputs(res, args.output, ocfg, run_settings(model, cfg, ocfg))
         s = res.stats
         print(f"spine: {s['spine_volume_ml']:.1f} mL over {s['craniocaudal_extent_mm']:.0f} mm "
               f"({s['slices_with_spine']} slices) in {s['runtime_s']['total_s']:.1f} s")
