@@ -115,17 +115,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
 
-    bar = tqdm(desc="cases", unit="case", disable=args.quiet, file=sys.stderr)
+    bars: list[tqdm] = []  # made once the batch has passed its up-front checks
+
+    def start(n_cases: int) -> None:
+        bars.append(tqdm(total=n_cases, desc="cases", unit="case", disable=args.quiet,
+                         file=sys.stderr))
 
     def report(outcome) -> None:  # type: ignore[no-untyped-def]
-        bar.update(1)
+        if bars:
+            bars[0].update(1)
         if outcome.status == "failed":
             tqdm.write(f"failed: {outcome.case}: {outcome.message}", file=sys.stderr)
 
     try:
-        result = segment_batch(src, args.output, model, cfg, ocfg, shard, on_case=report)
+        result = segment_batch(src, args.output, model, cfg, ocfg, shard, on_case=report,
+                               on_start=start)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     done = sum(o.status == "done" for o in result.outcomes)
     skipped = sum(o.status == "skipped" for o in result.outcomes)
     print(f"{done} segmented, {skipped} skipped (already done); summary: {result.summary_path}")

@@ -29,7 +29,8 @@ def _centre(mask: np.ndarray) -> tuple[int, int, int]:
 def _plane(ax: plt.Axes, img: np.ndarray, msk: np.ndarray, aspect: float, title: str) -> None:
     ax.imshow(img, cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1], aspect=aspect,
               interpolation="nearest")
-    if msk.any() and msk.min() != msk.max():
+    # contour needs a 2x2 grid at least: a single-slice scan's depth planes are one row high
+    if min(msk.shape) >= 2 and msk.any() and msk.min() != msk.max():
         ax.contour(msk.astype(float), levels=[0.5], colors="#ff4040", linewidths=0.8)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
@@ -62,18 +63,23 @@ def save_preview(ct: Volume, mask: Volume, mesh: trimesh.Trimesh | None,
 
     ``ct`` and ``mask`` must be on the same canonical (LPS) grid so that array axes are
     (inferior→superior, anterior→posterior, right→left) and the views come out radiological.
+    A single-slice scan has no coronal or sagittal view worth showing: only its axial plane
+    (and the mesh, if any) are drawn.
     """
     hu, msk = np.asarray(ct.array), np.asarray(mask.array) > 0
     cz, cy, cx = _centre(msk)
     sx, sy, sz = ct.spacing
-    n = 4 if mesh is not None else 3
+    depth = hu.shape[0] > 1
+    n = 1 + 2 * depth + (mesh is not None)
     fig = plt.figure(figsize=(3.2 * n, 3.6), dpi=110)
     _plane(fig.add_subplot(1, n, 1), hu[cz], msk[cz], sy / sx, f"axial z={cz}")
-    _plane(fig.add_subplot(1, n, 2), hu[::-1, cy, :], msk[::-1, cy, :], sz / sx, f"coronal y={cy}")
-    _plane(fig.add_subplot(1, n, 3), hu[::-1, :, cx], msk[::-1, :, cx], sz / sy,
-           f"sagittal x={cx}")
+    if depth:
+        _plane(fig.add_subplot(1, n, 2), hu[::-1, cy, :], msk[::-1, cy, :], sz / sx,
+               f"coronal y={cy}")
+        _plane(fig.add_subplot(1, n, 3), hu[::-1, :, cx], msk[::-1, :, cx], sz / sy,
+               f"sagittal x={cx}")
     if mesh is not None:
-        _render_mesh(fig.add_subplot(1, n, 4, projection="3d"), mesh)
+        _render_mesh(fig.add_subplot(1, n, n, projection="3d"), mesh)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
