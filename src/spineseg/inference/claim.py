@@ -18,17 +18,18 @@ from pathlib import Path
 
 from spineseg.errors import OutputError
 
-try:  # POSIX; elsewhere an O_EXCL lock file stands in (see _open_exclusive)
+try:  # POSIX; elsewhere an O_EXCL lock file stands in, which a killed run leaves blocking
+    # until it is removed by hand (see _open_exclusive)
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux/macOS
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".spineseg-lock"
 
-# Claims this process holds: resolved folder -> (thread id, nesting depth). A thread that already
-# holds a folder may claim it again (the CLI claims before segmenting, write_case_outputs claims
-# again); any other claimant, another thread included, goes through the lock and is refused.
-_held: dict[Path, list[int]] = {}  # keyed by the lock file's path
+# Claims this process holds: lock file path -> thread id. A thread that already holds a folder may
+# claim it again (the CLI claims before segmenting, write_case_outputs claims again); any other
+# claimant, another thread included, goes through the lock and is refused.
+_held: dict[Path, int] = {}
 _held_guard = threading.Lock()
 
 
@@ -98,18 +99,9 @@ def claim_output_folder(outdir: str | os.PathLike[str], lock_name: str = LOCK_NA
     key = out.resolve() / lock_name
     me = threading.get_ident()
     with _held_guard:
-        entry = _held.get(key)
-        if entry is not None and entry[0] == me:
-            entry[1] += 1
-            nested = True
-        else:
-            nested = False
+        nested = _held.get(key) == me
     if nested:
-        try:
-            yield out
-        finally:
-            with _held_guard:
-                _held[key][1] -= 1
+        yield out
         return
 
     if out.exists() and not out.is_dir():
@@ -131,7 +123,7 @@ def claim_output_folder(outdir: str | os.PathLike[str], lock_name: str = LOCK_NA
     except OSError:
         pass  # the owner note only improves the refusal message
     with _held_guard:
-        _held[key] = [me, 1]
+        _held[key] = me
     try:
         yield out
     finally:
@@ -149,13 +141,6 @@ def _remove_empty(folders: list[Path]) -> None:
             p.rmdir()
         except OSError:
             return
-
-
-def holds_claim(outdir: str | os.PathLike[str], lock_name: str = LOCK_NAME) -> bool:
-    """Whether this thread holds the claim on ``outdir``."""
-    with _held_guard:
-        entry = _held.get(Path(outdir).resolve() / lock_name)
-    return entry is not None and entry[0] == threading.get_ident()
 
 
 def _input_roots(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, bool]]:
