@@ -3,7 +3,9 @@
 A ``.pt`` file is a pickle; an ordinary ``torch.load`` of a file from elsewhere can execute
 arbitrary code. Everything saved here is a tensor, number, string, list or dict (random-number
 states included, converted to tensors/lists), so :func:`load_checkpoint` can insist on
-``weights_only=True`` and refuse anything else.
+``weights_only=True`` and refuse anything else. Every checkpoint records a checksum of its
+content, verified on load (:mod:`spineseg.serialization`), so a damaged file is refused instead of
+resuming from corrupt weights.
 
 The keys ``model_name``, ``model_config``, ``preprocessing``, ``threshold`` and ``state_dict``
 are the same as in a deployable model file (``spineseg.inference.model_file``), so ``best.pt``
@@ -25,6 +27,7 @@ import torch
 from spineseg import __version__
 from spineseg.errors import ModelError
 from spineseg.io import write_bytes_atomic
+from spineseg.serialization import dumps, load_weights_only, verify_checksum
 
 CHECKPOINT_FORMAT = "spineseg-checkpoint/1"
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -77,9 +80,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise ModelError(f"checkpoint payload lacks {', '.join(missing)}")
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getvalue()
+    data = dumps(payload)
     try:
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -88,16 +89,10 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
 
 
 def _load_weights_only(p: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with every failure as one :class:`ModelError` line."""
-    if not p.is_file():
-        raise ModelError(f"{p}: {what} not found")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(f"{p}: refusing to load: not a pure-weights {what} (it holds Python "
-                         "objects that could run code when unpickled, or is corrupt)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"{p}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+    """``torch.load(weights_only=True)`` with every failure as one :class:`ModelError` line, and
+    the content checksum verified (and dropped) where the file records one."""
+    payload = load_weights_only(p, what, map_location)
+    return verify_checksum(payload, p, what) if isinstance(payload, dict) else payload
 
 
 def load_checkpoint(path: str | os.PathLike[str],
