@@ -4,6 +4,13 @@ read → reorient to canonical LPS → resample in-plane to the model's spacing 
 batched slice inference → back to the input grid → threshold → remove non-column islands →
 mesh → stats. The mask is returned in exactly the input's voxel grid (same shape, spacing, origin
 and direction), whatever order the file stored its voxels in.
+
+An oblique scan (voxel axes tilted more than :data:`OBLIQUE_DEG` from the anatomical axes) cannot
+be reoriented into axial slices: permuting its axes leaves the slices tilted (up to 45°), and the
+network, trained on axial slices, then finds nothing. Such a scan is resampled onto an axis-aligned
+grid at the model's spacing, segmented there, and its mask resampled (nearest neighbour) onto the
+input grid. The memory the run needs is estimated from the grid sizes before anything large is
+allocated.
 """
 
 from __future__ import annotations
@@ -21,14 +28,38 @@ from spineseg import __version__
 from spineseg.errors import GeometryError, InputError, ResourceError
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.postprocess import PostprocessConfig, clean_mask
-from spineseg.inference.predict import PredictConfig, predict_probabilities
+from spineseg.inference.predict import PredictConfig, predict_probabilities, torch_threads
 from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_spacing, resample_to
 from spineseg.io.describe import ct_verdict
+from spineseg.io.geometry import (
+    axis_aligned_grid,
+    nearest_axes,
+    obliquity_deg,
+    resample_axis_aligned,
+)
 from spineseg.io.read import DEFAULT_MAX_VOXELS
 from spineseg.reconstruction import MeshConfig, mask_to_mesh
 
 log = logging.getLogger(__name__)
 _VERDICT_SAMPLE = 1 << 22  # voxels looked at for the "is this CT in HU?" warning
+#: Tilt (degrees) beyond which a scan is resampled onto an axis-aligned grid. Below it the nearest
+#: axis order is used as is (exact, no interpolation): the spine's own curvature tilts vertebrae
+#: more than that against the axial plane, so the network has seen such slices.
+OBLIQUE_DEG = 10.0
+#: A segmentation smaller than this (mL) is reported as "no spine found": less than a fraction
+#: of one vertebra, so noise or a scan that does not show the spine.
+NEAR_EMPTY_ML = 1.0
+# Bytes per voxel the pipeline holds at its peak (estimated before allocating, see _check_memory):
+# on the model's grid the float32 CT while SimpleITK's copy of it exists, then float16
+# probabilities; on the canonical grid float16 probabilities, the thresholded mask, the int32
+# component labels and the uint8 masks of post-processing.
+_MODEL_GRID_BYTES = 8
+_CANONICAL_GRID_BYTES = 9
+_PROBABILITY_BYTES = 4  # float32 probabilities on the input grid, when kept
+# Network activations on the CPU per slice pixel and base_width channel: about ten float32
+# full-resolution feature maps are alive at once (measured ~40 bytes for msrunet, with margin).
+_ACTIVATION_BYTES = 48
+AIR_HU = -1024.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,11 @@ class SegmentConfig:
     mesh: MeshConfig | None = field(default_factory=MeshConfig)
     keep_probabilities: bool = False
     max_voxels: int = DEFAULT_MAX_VOXELS
+    #: Refuse (ResourceError) a run estimated to need more bytes; ``None``: the memory available
+    #: when the run starts (Linux: MemAvailable, and the cgroup limit where one is set).
+    max_memory_bytes: int | None = None
+    #: torch intra-op threads for inference; ``None`` leaves torch's default (all cores).
+    threads: int | None = None
 
 
 @dataclass
@@ -114,6 +150,99 @@ def _resample_slabs(prob: Volume, reference: Volume, slab: int = 32) -> np.ndarr
     return out
 
 
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping, or ``None`` where unknown."""
+    avail: int | None = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    try:  # a container's cgroup (v2) limit is often far below the machine's memory
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as fh:
+            used = int(fh.read().strip())
+        if limit != "max":
+            left = max(0, int(limit) - used)
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _check_config(cfg: SegmentConfig) -> None:
+    """Refuse settings that would only fail after inference (or never be noticed)."""
+    for name, value in (("threads", cfg.threads), ("max_memory_bytes", cfg.max_memory_bytes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise InputError(f"{name} must be an integer >= 1 (or None), got {value!r}")
+    faces = cfg.mesh.max_faces if cfg.mesh is not None else None
+    if faces is not None and (isinstance(faces, bool) or not isinstance(faces, int) or faces < 1):
+        raise InputError(f"max_faces must be an integer >= 1 (or None), got {faces!r}")
+
+
+def _check_memory(vol: Volume, model_grid: tuple[int, int, int], spacing: tuple[float, ...],
+                  canonical_voxels: int, net: SegmentationModel, cfg: SegmentConfig) -> None:
+    """Raise :class:`ResourceError` when the run would need more memory than allowed.
+
+    Counts the input array (and its reoriented copy), the per-voxel arrays on the model's and the
+    canonical grid, and the network's activations for one batch of whole slices (on a GPU those
+    live in its own memory and are not counted). Nothing large has been allocated yet.
+    """
+    limit = cfg.max_memory_bytes if cfg.max_memory_bytes is not None else available_memory()
+    if limit is None:
+        return
+    n_model = int(np.prod(model_grid, dtype=np.float64))
+    need = (2 * int(vol.array.nbytes) + _MODEL_GRID_BYTES * n_model
+            + _CANONICAL_GRID_BYTES * canonical_voxels
+            + (_PROBABILITY_BYTES * int(vol.array.size) if cfg.keep_probabilities else 0))
+    batch = min(cfg.predict.batch_size, model_grid[2])
+    if not str(cfg.device).startswith("cuda"):
+        d = net.divisor
+        padded = -(-model_grid[0] // d) * d * (-(-model_grid[1] // d) * d)
+        need += batch * padded * int(net.model_config.get("base_width", 32)) * _ACTIVATION_BYTES
+    if need > limit:
+        gib = 2.0**30
+        raise ResourceError(
+            f"{vol.meta.get('source', 'image')}: segmenting needs about {need / gib:.1f} GiB of "
+            f"memory (the model's grid at {' x '.join(f'{s:g}' for s in spacing)} mm is "
+            f"{'x'.join(map(str, model_grid))} voxels, in batches of {batch} slices), more than "
+            f"the {limit / gib:.1f} GiB available; crop or downsample the scan, lower "
+            "--batch-size, or free memory")
+
+
+def _plan_grid(vol: Volume, spacing_xy: tuple[float, float]) -> tuple[
+        bool, tuple[int, int, int], tuple[float, float, float], int]:
+    """``(oblique, model grid size_xyz, its spacing, canonical-grid voxels)``, computed from the
+    header alone; the model grid matches what :func:`resample_spacing` or
+    :func:`resample_axis_aligned` will produce."""
+    order = nearest_axes(vol)
+    spacing_z = float(vol.spacing[order[2]])
+    spacing = (float(spacing_xy[0]), float(spacing_xy[1]), spacing_z)
+    if obliquity_deg(vol) > OBLIQUE_DEG:
+        size, _ = axis_aligned_grid(vol, spacing)
+        return True, size, spacing, int(np.prod(size, dtype=np.float64))
+    shape = [vol.shape_xyz[v] for v in order]
+    old = [float(vol.spacing[v]) for v in order]
+    size = (max(1, round(shape[0] * old[0] / spacing[0])),
+            max(1, round(shape[1] * old[1] / spacing[1])), shape[2])
+    return False, size, spacing, int(vol.array.size)
+
+
+def _warn_if_empty(cleaned: np.ndarray, voxel_ml: float, source: str) -> None:
+    volume_ml = float(cleaned.sum()) * voxel_ml
+    if volume_ml < NEAR_EMPTY_ML:
+        log.warning("%s: no spine found (%.2f mL segmented, %d voxels); check that the image is "
+                    "a CT showing the spine, and its orientation", source, volume_ml,
+                    int(cleaned.sum()))
+
+
 def segment(
     source: str | os.PathLike[str] | Volume,
     model: SegmentationModel | str | os.PathLike[str] | None = None,
@@ -125,6 +254,7 @@ def segment(
     shipped default. Raises :class:`~spineseg.errors.SpinesegError` subclasses on bad input.
     """
     cfg = config or SegmentConfig()
+    _check_config(cfg)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     vol = source if isinstance(source, Volume) else read_image(
@@ -138,25 +268,35 @@ def segment(
     times["load_model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    canon = reorient(vol, CANONICAL)
+    source_name = str(vol.meta.get("source", "image"))
     sx, sy = net.preprocessing.spacing_xy
-    needs_resample = not np.allclose(canon.spacing[:2], (sx, sy), rtol=0.01)
+    oblique, grid, grid_spacing, canonical_voxels = _plan_grid(vol, (sx, sy))
+    _check_memory(vol, grid, grid_spacing, canonical_voxels, net, cfg)
     # The limit holds after resampling too: a coarse scan upsampled to the model's spacing can
     # grow many-fold (5 mm -> 2 mm in-plane is 6x the voxels).
     try:
+        if oblique:
+            canon = resample_axis_aligned(vol, grid_spacing, interpolation="linear",
+                                          default_value=AIR_HU, max_voxels=cfg.max_voxels)
+            needs_resample = False
+        else:
+            canon = reorient(vol, CANONICAL)
+            needs_resample = not np.allclose(canon.spacing[:2], (sx, sy), rtol=0.01)
         work = (resample_spacing(canon, (sx, sy, canon.spacing[2]), interpolation="linear",
                                  max_voxels=cfg.max_voxels) if needs_resample else canon)
     except ResourceError as exc:
-        raise ResourceError(f"{vol.meta.get('source', 'image')}: {exc} (the model works at "
+        raise ResourceError(f"{source_name}: {exc} (the model works at "
                             f"{sx:g} x {sy:g} mm in-plane); crop the scan, or raise --max-voxels "
                             "if the machine has the memory") from exc
     times["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device,
-                                 spacing_z=float(work.spacing[2]))
+    with torch_threads(cfg.threads):
+        prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device,
+                                     spacing_z=float(work.spacing[2]))
     # From here on only the model grid's geometry is needed, not its CT voxels.
     work = work.with_array(prob)
+    work_grid, work_spacing = work.shape_xyz, tuple(float(v) for v in work.spacing)
     times["inference_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -177,17 +317,21 @@ def segment(
         del prob_canon
     times["postprocess_s"] = time.perf_counter() - t
 
+    voxel_ml = float(np.prod(canon.spacing)) / 1000.0
+    _warn_if_empty(cleaned, voxel_ml, source_name)
     t = time.perf_counter()
     mesh = None
-    if cfg.mesh is not None and cleaned.any():
-        try:
-            mesh = mask_to_mesh(canon_mask, cfg.mesh)
-        except GeometryError as exc:
-            log.warning("no mesh: %s", exc)
+    if cfg.mesh is not None:
+        if not cleaned.any():
+            log.warning("no mesh: %s: the mask is empty", source_name)
+        else:
+            try:
+                mesh = mask_to_mesh(canon_mask, cfg.mesh)
+            except GeometryError as exc:
+                log.warning("no mesh: %s: %s", source_name, exc)
     times["mesh_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
 
-    voxel_ml = float(np.prod(canon.spacing)) / 1000.0
     z_with = np.flatnonzero(cleaned.any(axis=(1, 2)))
     stats: dict[str, Any] = {
         "spine_volume_ml": round(float(cleaned.sum()) * voxel_ml, 3),
@@ -195,7 +339,10 @@ def segment(
         if z_with.size else 0.0,
         "slices_with_spine": int(z_with.size),
         "slices_total": int(canon.array.shape[0]),
-        "input": {"source": str(vol.meta.get("source", "")), **_geometry(vol)},
+        "input": {"source": str(vol.meta.get("source", "")), **_geometry(vol),
+                  "obliquity_deg": round(obliquity_deg(vol), 3)},
+        "processing_grid": {"shape_xyz": list(work_grid), "spacing": list(work_spacing),
+                            "axis_aligned_resample": oblique},
         "model": {"name": net.model_name, "config": net.model_config, "sha256": net.sha256,
                   "source": net.source, "trained_with": net.meta.get("spineseg_version", ""),
                   "preprocessing": net.preprocessing.to_dict()},

@@ -8,6 +8,8 @@ progress bar can follow the slices.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spineseg.data.preprocess import Preprocessing
-from spineseg.errors import InputError
+from spineseg.errors import InputError, ModelError
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import OptimizeConfig, optimize_network
 from spineseg.models.padding import pad_to_multiple
@@ -67,6 +69,23 @@ def body_bounding_box(hu: np.ndarray, threshold: float, margin: int) -> tuple[sl
     return slice(y0, y1), slice(x0, x1)
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (``None``: leave torch's choice),
+    restoring the previous count afterwards, since the setting is process-wide."""
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @torch.inference_mode()
 def predict_probabilities(
     model: SegmentationModel,
@@ -84,6 +103,10 @@ def predict_probabilities(
     if cfg.batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
     pre: Preprocessing = model.preprocessing
+    wanted = getattr(getattr(model.network, "config", None), "in_channels", pre.channels)
+    if wanted != pre.channels:  # a hand-assembled SegmentationModel; files are checked on load
+        raise ModelError(f"{model.source or 'model'}: the network reads {wanted} input "
+                         f"channel(s) but its preprocessing feeds {pre.channels}")
     dev = torch.device(device)
     out = np.zeros(hu.shape, dtype=np.float16)
     ys, xs = (body_bounding_box(hu, cfg.body_threshold_hu, cfg.margin_vox) if cfg.crop_to_body

@@ -117,3 +117,60 @@ def resample_spacing(volume: Volume, spacing_xyz: tuple[float, float, float], *,
                           volume.direction, float(default_value),
                           _output_pixel(volume, interpolation))
     return Volume.from_sitk(image, dict(volume.meta))
+
+
+def nearest_axes(volume: Volume) -> tuple[int, int, int]:
+    """For each physical axis (x, y, z), the voxel axis (0 = i/x, 1 = j/y, 2 = k/z) pointing
+    closest to it: the permutation :func:`reorient` applies, computed without touching voxels."""
+    absdir = np.abs(volume.direction_matrix)  # column i: where voxel axis i points
+    order = [-1, -1, -1]
+    for flat in np.argsort(-absdir, axis=None):  # greedy by cosine: a permutation always results
+        phys, vox = divmod(int(flat), 3)
+        if order[phys] < 0 and vox not in order:
+            order[phys] = vox
+    return order[0], order[1], order[2]
+
+
+def obliquity_deg(volume: Volume) -> float:
+    """Largest angle (degrees) between a voxel axis and the physical axis it is stored along.
+
+    0 for any axis-aligned voxel order (LPS, RAS, PIR, ...); the tilt that reorientation alone
+    leaves in the "axial" slices of an oblique scan (a 60° rotation about one axis leaves 30°).
+    """
+    order = nearest_axes(volume)
+    cosines = [abs(float(volume.direction_matrix[phys, vox])) for phys, vox in enumerate(order)]
+    return float(np.degrees(np.arccos(np.clip(min(cosines), 0.0, 1.0))))
+
+
+def axis_aligned_grid(volume: Volume, spacing_xyz: tuple[float, float, float]) -> tuple[
+        tuple[int, int, int], tuple[float, float, float]]:
+    """``(size_xyz, origin)`` of the identity-direction (LPS) grid with ``spacing_xyz`` that covers
+    ``volume``'s physical extent, centred on it; nothing is allocated."""
+    spacing = np.asarray(spacing_xyz, dtype=float)
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise GeometryError(f"invalid target spacing {spacing_xyz} (three values > 0)")
+    lo, hi = physical_bounds(volume)
+    size = np.maximum(1, np.ceil((hi - lo) / spacing - 1e-6)).astype(int)
+    origin = (lo + hi) / 2 - (size - 1) / 2 * spacing
+    return ((int(size[0]), int(size[1]), int(size[2])),
+            (float(origin[0]), float(origin[1]), float(origin[2])))
+
+
+def resample_axis_aligned(volume: Volume, spacing_xyz: tuple[float, float, float], *,
+                          interpolation: str = "linear", default_value: float = 0.0,
+                          max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    """``volume`` resampled onto :func:`axis_aligned_grid` (identity direction, canonical LPS).
+
+    For oblique scans, whose voxel rows no reorientation can turn into true axial slices; points
+    of the box outside the scan get ``default_value`` (-1024 for CT).
+    """
+    size, origin = axis_aligned_grid(volume, spacing_xyz)
+    if int(np.prod(size, dtype=np.float64)) > max_voxels:
+        raise ResourceError(f"resampling onto an axis-aligned grid at {tuple(spacing_xyz)} mm "
+                            f"would give {'x'.join(map(str, size))} voxels, above the limit of "
+                            f"{max_voxels:,}")
+    image = sitk.Resample(volume.to_sitk(), list(size), sitk.Transform(),
+                          _interpolator(interpolation), origin,
+                          tuple(float(s) for s in spacing_xyz), tuple(np.eye(3).ravel()),
+                          float(default_value), _output_pixel(volume, interpolation))
+    return Volume.from_sitk(image, dict(volume.meta))
