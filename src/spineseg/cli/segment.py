@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "geometry, a mesh, preview.png and stats.json per case.")
     p.add_argument("input", type=Path, help="CT file (NIfTI/NRRD/MHA), DICOM series folder, "
                    "or a folder of such cases")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("-o", "--output", type=_output_folder, required=True, help="output folder")
     p.add_argument("--model", type=Path, default=None, help="model file (default: shipped model)")
     p.add_argument("--mesh", choices=["stl", "obj", "ply", "none"], default="stl")
     p.add_argument("--mesh-space", choices=["lps", "ras"], default="lps",
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep every thresholded voxel (no island removal)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for inference (default: torch's choice, all cores)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average with the left-right mirrored slices "
                         "(twice the inference time)")
@@ -53,11 +55,20 @@ def _device(name: str) -> str:
     return name
 
 
+def _output_folder(text: str) -> Path:
+    # Path("") is Path("."): an empty -o (an unset shell variable) would write into the cwd.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty output folder (use -o . for the current folder)")
+    return Path(text)
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError as exc:
         raise InputError(f"invalid --shard {text!r}: expected I/N, e.g. 0/4") from exc
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"invalid --shard {text!r}: need 0 <= I < N, e.g. 0/4")
     return i, n
 
 
@@ -80,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be at least 1")
     if args.max_voxels < 1:
         raise InputError("--max-voxels must be at least 1")
+    if args.max_faces < 1:
+        raise InputError("--max-faces must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be at least 1")
+    shard = _shard(args.shard)
     src: Path = args.input
     if not src.exists():
         raise InputError(f"{src}: no such file or folder")
@@ -87,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     ocfg = OutputConfig(mesh_format=mesh_fmt, probabilities=args.probabilities,
                         preview=not args.no_preview, overwrite=args.overwrite)
     batch = src.is_dir() and not is_dicom_folder(src)
-    shard = _shard(args.shard)
+    if not batch and shard != (0, 1):
+        raise InputError(f"--shard {args.shard} splits a folder of cases; {src} is a single CT")
     if not batch:
         check_outputs(args.output, ocfg, [src])
     device = _device(args.device)
@@ -101,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         mesh=MeshConfig(space=args.mesh_space, max_faces=args.max_faces) if mesh_fmt else None,
         keep_probabilities=args.probabilities,
         max_voxels=args.max_voxels,
+        threads=args.threads,
     )
     if not batch:
         # Claimed for the whole run, so a second run into the same folder is refused at once.
