@@ -125,3 +125,40 @@ def load_weights_only(path: str | os.PathLike[str], what: str = "model file",
         detail = str(exc).splitlines()[0][:120] if str(exc) else ""
         raise ModelError(f"{p}: not a readable {what} ({type(exc).__name__}"
                          f"{': ' + detail if detail else ''})") from exc
+
+
+CHECKPOINT_FORMAT = "spineseg-checkpoint/1"
+REQUIRED_KEYS: tuple[str, ...] = (
+    "format", "model_name", "model_config", "preprocessing", "state_dict", "train_config",
+    "epoch", "best_metric", "best_epoch", "optimizer", "scheduler", "rng", "history",
+    "software_version",
+)
+
+
+def _load_weights_only(p: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every failure as one :class:`ModelError` line, and
+    the content checksum verified (and dropped) where the file records one."""
+    payload = load_weights_only(p, what, map_location)
+    return verify_checksum(payload, p, what) if isinstance(payload, dict) else payload
+
+
+def load_checkpoint(path: str | os.PathLike[str],
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint safely and check its keys.
+
+    Raises :class:`ModelError` for a missing or unreadable file, for one that holds arbitrary
+    Python objects (refused by ``weights_only=True``) and for a dict without the checkpoint keys.
+    """
+    p = Path(path)
+    payload = _load_weights_only(p, "checkpoint", map_location)
+    if not isinstance(payload, dict):
+        raise ModelError(f"{p}: not a spineseg checkpoint (top level is not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise ModelError(f"{p}: not a spineseg training checkpoint (missing {', '.join(missing)})")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise ModelError(f"{p}: unsupported checkpoint format {payload['format']!r}")
+    if not isinstance(payload["state_dict"], dict) or not all(
+            isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
+        raise ModelError(f"{p}: state_dict is not a mapping of tensors")
+    return payload

@@ -239,9 +239,9 @@ def evaluate_model(
     progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate a training checkpoint (``best.pt``/``last.pt``) on a split of a prepared dataset."""
-    # Imported here so that mask evaluation works without the training package loaded.
+    # Imported here so that mask evaluation works without torch's model code loaded.
     from spineseg.models import build_model
-    from spineseg.training.checkpoint import load_checkpoint
+    from spineseg.serialization import load_checkpoint
 
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
