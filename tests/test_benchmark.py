@@ -7,8 +7,8 @@ import json
 import pytest
 
 from spineseg.benchmark import MemoryConfig, measure_segment_memory
+from spineseg.benchmark.inputs import build_volume
 from spineseg.benchmark.peers import NnUNetFastSpec, build_nnunet_fast
-from spineseg.benchmark.runner import build_volume
 from spineseg.cli.main import main
 from spineseg.errors import ModelError
 
@@ -27,7 +27,7 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_tiny_benchmark_prints_both_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _cli([], capsys)
+    out = _cli(["--random-weights"], capsys)
     assert "vs MONAI BasicUNet: " in out
     if HAVE_NNUNET:
         assert "vs nnU-Net 3D fast: " in out
@@ -72,6 +72,7 @@ def test_memory_check_runs_in_a_child_process() -> None:
     assert rep.shape_xyz == [48, 48, 24]
     assert rep.peak_rss_bytes > rep.input_bytes and rep.within_limit
     assert rep.peak_phase in rep.phase_peaks_bytes
+    assert rep.model["source"] == "shipped default" and not rep.model["random_weights"]
 
 
 def test_tiny_benchmark_of_a_2_5d_model_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,8 @@
 Times ``predict_probabilities`` (the network part of the pipeline, where the time goes) on the
 canonical, model-spacing slices of the benchmark phantom, for the default PredictConfig and for
 each knob changed one at a time, median of ``repeats`` after a warm-up. ``max_abs_prob_diff``
-is against the default; with random weights, "no body crop" differs in the air outside the
-crop, where the crop writes 0 and an untrained network outputs anything.
+is against the default; with random weights (``random_weights=True``) "no body crop" differs
+in the air outside the crop, where the crop writes 0 and an untrained network outputs anything.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spineseg.benchmark.runner import build_volume, prepare_model_file
+from spineseg.benchmark.inputs import build_volume, model_record, prepare_model_file
 from spineseg.inference.model_file import load_segmentation_model
 from spineseg.inference.optimize import configure_threads
 from spineseg.inference.predict import PredictConfig, predict_probabilities
@@ -52,14 +52,29 @@ class AblationRow:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class AblationReport:
+    """The rows, and which model they were timed with."""
+
+    model: dict[str, Any]
+    rows: list[AblationRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def run_ablation(size: int = 512, slices: int = 32, repeats: int = 3,
                  threads: int | None = None, model_path: str | None = None,
-                 seed: int = 0) -> list[AblationRow]:
-    """Time every variant on the same slices; ``max_abs_prob_diff`` is against the default."""
+                 seed: int = 0, random_weights: bool = False) -> AblationReport:
+    """Time every variant on the same slices; ``max_abs_prob_diff`` is against the default.
+
+    The model is the shipped one unless ``model_path`` or ``random_weights`` says otherwise.
+    """
     default_threads = configure_threads(threads)
     with tempfile.TemporaryDirectory(prefix="spineseg-ablate-") as tmp:
-        path, _ = prepare_model_file(model_path, Path(tmp))
+        path, source = prepare_model_file(model_path, Path(tmp), random_weights=random_weights)
         model = load_segmentation_model(path)
+        timed = model_record(model, source)
     vol, _ = build_volume(size, slices, seed)
     canon = reorient(vol, CANONICAL)
     sx, sy = model.preprocessing.spacing_xy
@@ -91,4 +106,4 @@ def run_ablation(size: int = 512, slices: int = 32, repeats: int = 3,
         diff = float(np.abs(probs[label].astype(np.float32) - reference).max())
         rows.append(AblationRow(label, sec, hu.shape[0] / sec, first / sec, diff))
     torch.set_num_threads(default_threads)
-    return rows
+    return AblationReport(model=timed, rows=rows)

@@ -14,6 +14,7 @@ what a user's ``spineseg segment`` would need, not what the benchmark's own arra
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import resource
 import tempfile
@@ -24,7 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from spineseg.errors import ResourceError
+from spineseg.benchmark.inputs import (
+    build_volume,
+    model_record,
+    prepare_model_file,
+)
+from spineseg.errors import InputError, ResourceError
+from spineseg.inference.model_file import load_segmentation_model
+from spineseg.io import write_image
 
 GIB = 1024**3
 _STATUS = Path("/proc/self/status")
@@ -118,16 +126,22 @@ PIPELINE_PHASES = ("read_s", "load_model_s", "preprocess_s", "inference_s", "pos
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """The memory check: a (size × size × slices) int16 volume, segmented in a fresh process."""
+    """The memory check: a (size × size × slices) int16 volume, segmented in a fresh process
+    by the shipped model, ``model_path``, or (``random_weights``) the untrained architecture."""
 
     size: int = 512
     slices: int = 800
     limit_gib: float = 4.0
     model_path: str | None = None
+    random_weights: bool = False
     threads: int | None = None
     batch_size: int = 8
     seed: int = 0
     mesh: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model_path is not None and self.random_weights:
+            raise InputError("a model file and random weights exclude each other: give one")
 
 
 @dataclass
@@ -145,6 +159,7 @@ class MemoryReport:
     limit_bytes: int
     within_limit: bool
     notes: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,8 +168,9 @@ class MemoryReport:
 def _child_segment(ct_path: str, model_path: str, batch_size: int, threads: int | None,
                    mesh: bool, queue: Any) -> None:
     """Spawned-process body: segment once, send back peaks and timings (or the error)."""
+    # The child is a process of its own: its warnings get the CLI's one-line form, not bare text.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        from spineseg.inference.model_file import load_segmentation_model
         from spineseg.inference.optimize import configure_threads
         from spineseg.inference.pipeline import SegmentConfig, segment
         from spineseg.inference.predict import PredictConfig
@@ -178,9 +194,6 @@ def _child_segment(ct_path: str, model_path: str, batch_size: int, threads: int 
 
 def measure_segment_memory(config: MemoryConfig | None = None) -> MemoryReport:
     """Build a large mirror-tiled phantom, segment it in a fresh process, report peak RSS."""
-    from spineseg.benchmark.runner import build_volume, prepare_model_file
-    from spineseg.io import write_image
-
     cfg = config or MemoryConfig()
     with tempfile.TemporaryDirectory(prefix="spineseg-mem-") as tmp:
         vol, notes = build_volume(cfg.size, cfg.slices, cfg.seed)
@@ -188,8 +201,9 @@ def measure_segment_memory(config: MemoryConfig | None = None) -> MemoryReport:
         shape = [int(s) for s in vol.shape_xyz]
         nbytes = int(vol.array.nbytes)
         del vol
-        model_path, model_note = prepare_model_file(cfg.model_path, Path(tmp))
-        notes.append(model_note)
+        model_path, source = prepare_model_file(cfg.model_path, Path(tmp),
+                                                random_weights=cfg.random_weights)
+        timed = model_record(load_segmentation_model(model_path), source)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         proc = ctx.Process(target=_child_segment, args=(
@@ -209,5 +223,5 @@ def measure_segment_memory(config: MemoryConfig | None = None) -> MemoryReport:
         peak_rss_exact=bool(msg["exact"]), lifetime_peak_rss_bytes=int(msg["lifetime"]),
         phase_peaks_bytes={k: int(v) for k, v in phases.items()}, peak_phase=peak_phase,
         runtime_s={k: float(v) for k, v in msg["runtime"].items()}, limit_bytes=limit,
-        within_limit=int(msg["peak"]) <= limit, notes=notes)
+        within_limit=int(msg["peak"]) <= limit, notes=notes, model=timed)
 

@@ -1,5 +1,7 @@
 """``run_benchmark``: the shipped pipeline and two peer networks, one process, one input.
 
+The model timed is the shipped default unless a file or random weights are asked for, and the
+report names it (file, SHA-256, parameter count): a figure is only as good as its model.
 What is timed is ``spineseg.inference.pipeline.segment`` from a NIfTI file on disk (read →
 reorient → resample → slice inference → threshold → clean → mesh), median of ``repeats`` runs
 after one warm-up run (the first run pays for oneDNN kernel selection and page faults). Peers get
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spineseg.benchmark.inputs import build_volume, model_record, prepare_model_file
 from spineseg.benchmark.memory import PIPELINE_PHASES, PeakRSS
 from spineseg.benchmark.peers import (
     NnUNetFastSpec,
@@ -30,42 +33,30 @@ from spineseg.benchmark.peers import (
     build_nnunet_fast,
     run_nnunet_fast,
 )
-from spineseg.data.phantom import PhantomConfig, generate_phantom
-from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError
-from spineseg.inference.model_file import (
-    SegmentationModel,
-    load_segmentation_model,
-    save_segmentation_model,
-)
+from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.optimize import configure_threads, physical_cores
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.predict import PredictConfig
 from spineseg.io import Volume, write_image
-from spineseg.models import build_model
 from spineseg.reconstruction import MeshConfig
 
-__all__ = ["BenchmarkConfig", "BenchmarkReport", "build_volume", "machine_info",
-           "prepare_model_file", "run_benchmark"]
-
-# The shipped default's architecture (random weights time the same arithmetic).
-DEFAULT_MODEL = ("msrunet", {"base_width": 16, "depth": 4})
-# Phantoms are generated at most this many slices deep, then mirror-tiled along z: generation
-# holds several float64 copies of the volume, which would dwarf what is being measured.
-MAX_GENERATED_SLICES = 100
+__all__ = ["BenchmarkConfig", "BenchmarkReport", "machine_info", "run_benchmark"]
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """What to run. ``base_width`` only matters without ``model_path`` (random-weight model)."""
+    """What to run: the shipped model unless ``model_path`` is given; ``random_weights`` times
+    the shipped architecture untrained instead (``base_width``/``depth`` override its own)."""
 
     size: int = 512
     slices: int = 300
     repeats: int = 3
     device: str = "cpu"
     model_path: str | None = None
-    base_width: int = 16
-    depth: int = 4
+    random_weights: bool = False
+    base_width: int | None = None
+    depth: int | None = None
     threads: int | None = None
     batch_size: int = 8
     peers: bool = True
@@ -82,6 +73,8 @@ class BenchmarkConfig:
                              f"{self.size}×{self.size}×{self.slices}")
         if self.repeats < 1 or self.peer_repeats < 1 or self.peer_slices < 1:
             raise InputError("repeats, peer_repeats and peer_slices must be >= 1")
+        if self.model_path is not None and self.random_weights:
+            raise InputError("a model file and random weights exclude each other: give one")
 
 
 @dataclass
@@ -130,49 +123,6 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def build_volume(size: int, slices: int, seed: int = 0) -> tuple[Volume, list[str]]:
-    """A phantom of ``size × size × slices`` (int16 HU) at 0.8 mm in-plane, and how it was made.
-
-    From 400 voxels up the whole body is in view (a 512 matrix covers 410 mm, as a typical
-    abdominal CT); smaller sizes are a tight field of view around the column, so that a small
-    benchmark has small slices rather than a body squeezed into coarse pixels. At most :data:`MAX_GENERATED_SLICES` are generated; deeper volumes repeat them mirrored
-    along z (mirroring keeps the anatomy continuous at the seams).
-    """
-    gen = min(slices, MAX_GENERATED_SLICES)
-    body = size >= 400
-    cfg = PhantomConfig(shape=(size, size, max(gen, 16)), inplane_spacing_mm=(0.8, 0.8),
-                        slice_thickness_mm=(1.0, 1.0), min_z_extent_mm=16.0,
-                        crop_prob=0.0 if body else 1.0, reorient_prob=0.0, center_level="L1")
-    ph = generate_phantom(seed, cfg)
-    block = np.asarray(ph.ct.array)
-    fov = "whole-body" if body else "tight (column-centred)"
-    notes = [f"input: synthetic phantom (seed {seed}), {fov} field of view, "
-             f"{ph.ct.spacing[0]:.2f} mm in-plane, {ph.ct.spacing[2]:.2f} mm slices"]
-    if slices > block.shape[0]:
-        reps = -(-slices // block.shape[0])
-        block = np.concatenate([block if i % 2 == 0 else block[::-1] for i in range(reps)])
-        notes.append(f"{block.shape[0] // reps} generated slices mirror-tiled along z to "
-                     f"{slices}")
-    arr = np.ascontiguousarray(block[:slices], dtype=np.int16)
-    return Volume(arr, ph.ct.spacing, ph.ct.origin, ph.ct.direction), notes
-
-
-def prepare_model_file(model_path: str | None, folder: Path, base_width: int = 16,
-                       depth: int = 4) -> tuple[Path, str]:
-    """``model_path`` itself, or a random-weight model of the shipped architecture in ``folder``."""
-    if model_path is not None:
-        return Path(model_path), f"model: {model_path}"
-    name, config = DEFAULT_MODEL
-    config = {**config, "base_width": base_width, "depth": depth}
-    torch.manual_seed(0)
-    net = build_model(name, **config)
-    path = folder / f"random-{name}-w{base_width}.pt"
-    save_segmentation_model(path, model_name=name, model_config=net.config.to_dict(),
-                            state_dict=net.state_dict(), preprocessing=Preprocessing())
-    return path, (f"model: {name} base_width={base_width} depth={depth} with RANDOM weights "
-                  "(same arithmetic as trained weights, so the same time)")
-
-
 def _subvolume(vol: Volume, n: int) -> Volume:
     z0 = max((vol.array.shape[0] - n) // 2, 0)
     origin = vol.to_sitk().TransformIndexToPhysicalPoint((0, 0, int(z0)))
@@ -216,10 +166,11 @@ def run_benchmark(config: BenchmarkConfig | None = None,
         vol, vol_notes = build_volume(cfg.size, cfg.slices, cfg.seed)
         notes += vol_notes
         ct_path = write_image(vol, folder / "ct.nii.gz")
-        model_path, model_note = prepare_model_file(cfg.model_path, folder, cfg.base_width,
-                                                    cfg.depth)
-        notes.append(model_note)
+        model_path, source = prepare_model_file(cfg.model_path, folder,
+                                                random_weights=cfg.random_weights,
+                                                base_width=cfg.base_width, depth=cfg.depth)
         model = load_segmentation_model(model_path, device=cfg.device)
+        timed = model_record(model, source)
         seg_cfg = SegmentConfig(device=cfg.device,
                                 predict=PredictConfig(batch_size=cfg.batch_size, progress=False),
                                 mesh=MeshConfig() if cfg.mesh else None)
@@ -230,10 +181,10 @@ def run_benchmark(config: BenchmarkConfig | None = None,
         warm = _subvolume(vol, min(cfg.batch_size, cfg.slices))
         warm_path = write_image(warm, folder / "warm.nii.gz")
         segment(warm_path, model, seg_cfg)
-        say(f"timing the spineseg pipeline ({cfg.repeats} runs)")
+        say(f"timing the spineseg pipeline ({cfg.repeats} runs) with {source} "
+            f"{model.model_name}")
         ours = _time_segment(ct_path, model, seg_cfg, cfg.repeats)
-        ours["model"] = {"name": model.model_name, "config": model.model_config,
-                         "parameters": sum(p.numel() for p in model.network.parameters())}
+        ours["model"] = timed
         peers: dict[str, dict[str, Any]] = {}
         ratios: dict[str, float] = {}
 
@@ -286,7 +237,9 @@ def run_benchmark(config: BenchmarkConfig | None = None,
                 "slices_per_s"]
             notes.append("nnU-Net 3-D fast measured on the whole volume (read → 3 mm → sliding "
                          "window → argmax → input grid) with random weights")
-    notes.append("random weights time the same arithmetic as trained weights")
+    if peers:
+        notes.append("peer networks run with random weights: the same arithmetic as trained "
+                     "weights, so the same time")
     machine = machine_info(cfg.device)
     machine["torch_threads"] = threads
     inp = {"shape_xyz": [int(s) for s in vol.shape_xyz],

@@ -13,14 +13,16 @@ GIB = 1024**3
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="time the pipeline against peer networks",
-                       description="Segment a synthetic CT with the shipped pipeline and with "
-                       "peer networks (random weights: same arithmetic) in one process; report "
-                       "seconds per volume, slices/s, peak memory and the speed ratios.")
+                       description="Segment a synthetic CT with the shipped model and pipeline "
+                       "and with peer networks (random weights: same arithmetic) in one "
+                       "process; report which model was timed, seconds per volume, slices/s, "
+                       "peak memory and the speed ratios.")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="256×256×64 volume, 1 repeat (about a minute on 2 cores)")
     size.add_argument("--tiny", action="store_true",
-                      help="64×64×8 volume, width-4 model, miniature nnU-Net (smoke test)")
+                      help="64×64×8 volume, miniature nnU-Net, no mesh (smoke test; with "
+                      "--random-weights a width-8, depth-2 network)")
     p.add_argument("--memory", action="store_true",
                    help="instead: segment a 512×512×800 int16 volume in a fresh process and "
                    "report its peak resident memory against --limit-gib")
@@ -38,8 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: physical cores)")
-    p.add_argument("--model", type=Path, default=None,
-                   help="model file (default: random weights of the shipped architecture)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", type=Path, default=None,
+                       help="model file to time (default: the shipped model)")
+    which.add_argument("--random-weights", action="store_true",
+                       help="time the shipped architecture with random weights instead (same "
+                       "arithmetic, but an empty mask skips cleaning and meshing)")
     p.add_argument("--no-peers", action="store_true", help="time spineseg only")
     p.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net 3-D peer")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -52,10 +58,11 @@ def _gib(n: float) -> str:
 
 def _run_memory(args: argparse.Namespace) -> int:
     from spineseg.benchmark import MemoryConfig, measure_segment_memory
+    from spineseg.benchmark.inputs import describe_model
 
     cfg = MemoryConfig(size=args.size or 512, slices=args.slices or 800,
                        limit_gib=args.limit_gib, threads=args.threads,
-                       batch_size=args.batch_size,
+                       batch_size=args.batch_size, random_weights=args.random_weights,
                        model_path=str(args.model) if args.model else None)
     print(f"memory check: {cfg.size}×{cfg.size}×{cfg.slices} int16, segment() in a fresh "
           "process …", file=sys.stderr)
@@ -64,6 +71,7 @@ def _run_memory(args: argparse.Namespace) -> int:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
     x, y, z = rep.shape_xyz
+    print(f"model        {describe_model(rep.model)}")
     print(f"input        {x}×{y}×{z} int16 = {_gib(rep.input_bytes)}")
     print(f"peak RSS     {_gib(rep.peak_rss_bytes)} "
           f"({'exact VmHWM' if rep.peak_rss_exact else 'sampled'}), limit "
@@ -83,15 +91,18 @@ def _line(name: str, r: dict[str, Any]) -> str:
 
 def _run_ablation(args: argparse.Namespace) -> int:
     from spineseg.benchmark.ablation import run_ablation
+    from spineseg.benchmark.inputs import describe_model
 
-    rows = run_ablation(size=args.size or 512, slices=args.slices or 32,
-                        repeats=args.repeats or 3, threads=args.threads,
-                        model_path=str(args.model) if args.model else None)
+    rep = run_ablation(size=args.size or 512, slices=args.slices or 32,
+                       repeats=args.repeats or 3, threads=args.threads,
+                       model_path=str(args.model) if args.model else None,
+                       random_weights=args.random_weights)
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(json.dumps(rep.to_dict(), indent=2))
         return 0
+    print(f"model: {describe_model(rep.model)}")
     print(f"{'variant':<34}{'s':>8}{'slices/s':>10}{'speed vs default':>18}{'max |Δp|':>11}")
-    for r in rows:
+    for r in rep.rows:
         print(f"{r.label:<34}{r.seconds:>8.2f}{r.slices_per_s:>10.2f}"
               f"{r.relative_to_default:>17.2f}×{r.max_abs_prob_diff:>11.1e}")
     return 0
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ablate:
         return _run_ablation(args)
     from spineseg.benchmark import BenchmarkConfig, NnUNetFastSpec, run_benchmark
+    from spineseg.benchmark.inputs import describe_model
 
     preset: dict[str, Any] = {}
     if args.quick:
@@ -115,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     preset.update({k: v for k, v in given.items() if v is not None})
     cfg = BenchmarkConfig(**preset, device=args.device, threads=args.threads,
                           batch_size=args.batch_size, peers=not args.no_peers,
-                          nnunet=not args.no_nnunet,
+                          nnunet=not args.no_nnunet, random_weights=args.random_weights,
                           model_path=str(args.model) if args.model else None)
     rep = run_benchmark(cfg, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
@@ -128,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     x, y, z = rep.input["shape_xyz"]
     print(f"input:   {x}×{y}×{z} int16 NIfTI, spacing {rep.input['spacing_mm']} mm")
     o = rep.ours
+    print(f"model:   {describe_model(o['model'])}")
     print(_line("spineseg (ours)", o))
     print("  phases: " + ", ".join(f"{k} {v:.2f}" for k, v in o["phases_s"].items()
                                     if k != "total_s"))
