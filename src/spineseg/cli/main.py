@@ -5,6 +5,11 @@ Only this package prints and exits. A :class:`~spineseg.errors.SpinesegError` be
 error (exit 1). ``--debug`` shows the traceback instead. A reader that closes the pipe early
 (``spineseg info --json | head``) ends the command quietly with exit 141 (128 + SIGPIPE), as it
 would end a shell tool.
+
+stderr carries only spineseg's own messages (``WARNING: …``, one line each): Python warnings
+from dependencies (matplotlib's missing glyphs for a non-Latin file name, numpy's
+RuntimeWarnings, torch's notes) and other libraries' log records are dropped, unless ``--debug``
+shows them through logging.
 """
 
 from __future__ import annotations
@@ -96,11 +101,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr
     if not args.debug:
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        handler.addFilter(_own_records)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s: %(message)s", handlers=[handler])
+    with warnings.catch_warnings():  # the filters below end with the command
+        return _run(args)
+
+
+def _own_records(record: logging.LogRecord) -> bool:
+    return record.name == "spineseg" or record.name.startswith("spineseg.")
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Warnings are logged (logger "py.warnings"), so --debug shows them in the log's format; the
+    # interpreter reads PYTHONWARNINGS only at start-up, so filtering happens here.
+    logging.captureWarnings(True)
+    if not args.debug:
+        warnings.simplefilter("ignore")
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         code = int(args.func(args) or 0)
@@ -125,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        logging.captureWarnings(False)
 
 
 def _discard_stdout() -> None:
@@ -142,7 +162,10 @@ def _one_line(text: str) -> str:
 
 
 def entry() -> None:  # pragma: no cover - exercised through the console script
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    if "--debug" not in sys.argv[1:]:
+        # Not for this process (main() filters its warnings): for spawned child processes,
+        # which read it when they start.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
     sys.exit(main())
 
 
