@@ -204,7 +204,7 @@ def test_spine_is_mostly_cancellous_like_real_ct():
 def test_excluded_template_subject_is_never_used():
     import numpy as np
 
-    from spineseg.data.phantom_column import build_column
+    from spineseg.data.phantom.column import build_column
     from spineseg.errors import InputError
 
     for seed in range(6):

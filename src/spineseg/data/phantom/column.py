@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from spineseg.data.phantom_grid import Grid, fill_cylinder, frame_from_axis, rotation
+from spineseg.data.phantom.grid import Grid, fill_cylinder, frame_from_axis, rotation
 from spineseg.data.shapes import LEVEL_NAMES, VertebraTemplate, load_templates
 from spineseg.errors import InputError
 

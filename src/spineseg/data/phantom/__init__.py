@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from spineseg.data.phantom_anatomy import (
+from spineseg.data.phantom.anatomy import (
     Tissues,
     body_profile,
     render_ribs,
@@ -33,9 +33,9 @@ from spineseg.data.phantom_anatomy import (
     render_vessels,
     streaks,
 )
-from spineseg.data.phantom_column import build_column, render_discs_and_canal, render_vertebra
-from spineseg.data.phantom_grid import Grid
-from spineseg.data.phantom_pelvis import render_pelvis
+from spineseg.data.phantom.column import build_column, render_discs_and_canal, render_vertebra
+from spineseg.data.phantom.grid import Grid
+from spineseg.data.phantom.pelvis import render_pelvis
 from spineseg.data.shapes import LEVEL_NAMES
 from spineseg.data.simulate import add_ct_noise
 from spineseg.errors import InputError, OutputError

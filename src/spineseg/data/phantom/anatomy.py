@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spineseg.data.phantom_column import Column
-from spineseg.data.phantom_grid import (
+from spineseg.data.phantom.column import Column
+from spineseg.data.phantom.grid import (
     Grid,
     fill_cylinder,
     fill_ellipsoid,
