@@ -233,3 +233,29 @@ def test_stop_event_interrupts_at_the_next_batch_even_if_an_interrupt_was_lost(
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(dataset, tmp_path / "run", epochs=5), stop=stop)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("flag, expected", [([], 1.0), (["--no-acquisition-augment"], 0.0)])
+def test_acquisition_augment_flag_switches_only_the_acquisition_transforms(tmp_path, monkeypatch,
+                                                                           flag, expected):
+    from spineseg.training import trainer as trainer_module
+
+    data = write_tiny_dataset(tmp_path / "ds")
+    seen: list[dict[str, float]] = []
+    original = trainer_module.train_transforms
+
+    def spy(cfg):
+        seen.append({"fov": cfg.prob_field_of_view, "thick": cfg.prob_slice_thickness,
+                     "vessels": cfg.prob_contrast_vessels, "noise": cfg.prob_correlated_noise})
+        return original(cfg)
+
+    monkeypatch.setattr(trainer_module, "train_transforms", spy)
+    rc = main(["train", "--data", str(data), "-o", str(tmp_path / "run"), "--model", "unet",
+               "--width", "4", "--depth", "2", "--epochs", "1", "--batch-size", "2",
+               "--patch", "32", "--max-steps-per-epoch", "1", "--device", "cpu", *flag])
+    assert rc == 0
+    (cfg,) = seen
+    assert (cfg["fov"] > 0, cfg["thick"] > 0, cfg["vessels"] > 0) == (bool(expected),) * 3
+    assert cfg["noise"] > 0  # the rest of the augmentation is untouched
+    stored = read_train_config(tmp_path / "run")
+    assert stored.acquisition_augment is bool(expected)

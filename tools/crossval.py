@@ -61,20 +61,21 @@ def prepare(work: Path, folds: Sequence[str]) -> None:
                         "--noise-copies", "4", "--seed", "0", "--no-progress"], check=True)
 
 
-def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int) -> None:
+def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int,
+          variant: str = "", extra: Sequence[str] = ()) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending = list(folds)
     running: list[tuple[str, subprocess.Popen[bytes], Any]] = []
     while pending or running:
         while pending and len(running) < jobs:
             fold = pending.pop(0)
-            run = work / f"run_{fold}"
+            run = work / f"run_{fold}{variant}"
             if (run / "last.pt").is_file():
                 argv = ["train", "--resume", str(run), "--epochs", str(epochs)]
             else:
                 argv = ["train", "--data", str(work / f"ds_{fold}"), "--init-weights", str(base),
-                        "--epochs", str(epochs), *FINETUNE, "-o", str(run)]
-            log = (work / f"{fold}.log").open("ab")
+                        "--epochs", str(epochs), *FINETUNE, *extra, "-o", str(run)]
+            log = (work / f"{fold}{variant}.log").open("ab")
             running.append((fold, subprocess.Popen([*_spineseg(), *argv], env=env, stdout=log,
                                                    stderr=subprocess.STDOUT), log))
         fold, proc, log = running.pop(0)
@@ -85,14 +86,15 @@ def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int) 
                              f"{work / (fold + '.log')}")
 
 
-def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False) -> Path:
+def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
+          variant: str = "") -> Path:
     from spineseg.inference.model_file import load_segmentation_model
 
-    out = work / "crossval.json"
+    out = work / f"crossval{variant}.json"
     result = json.loads(out.read_text("utf-8")) if out.is_file() else {"rows": []}
     done = {(r["fold"], r["case"], r["stress"]) for r in result["rows"]}
     for fold in folds:
-        model = load_segmentation_model(work / f"run_{fold}" / "last.pt")
+        model = load_segmentation_model(work / f"run_{fold}{variant}" / "last.pt")
         for case in FOLDS[fold]:
             if all((fold, case, s) in done for s in STRESSES):
                 continue
@@ -158,7 +160,12 @@ def main() -> None:
     ap.add_argument("--folds", default=",".join([*FOLDS, FINAL]))
     ap.add_argument("--steps", default="prepare,train,score,render")
     ap.add_argument("--tta", action="store_true", help="score with test-time mirroring")
+    ap.add_argument("--no-acquisition-augment", action="store_true",
+                    help="ablation: fine-tune without the acquisition augmentations (runs, logs "
+                         "and results get the suffix _noacq)")
     args = ap.parse_args()
+    variant, extra = ("_noacq", ["--no-acquisition-augment"]) if args.no_acquisition_augment \
+        else ("", [])
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:
@@ -169,14 +176,14 @@ def main() -> None:
     if "train" in steps:
         if args.base is None:
             ap.error("train needs --base")
-        train(args.work, folds, args.base, args.epochs, args.jobs)
+        train(args.work, folds, args.base, args.epochs, args.jobs, variant, extra)
     held_out = [f for f in folds if f in FOLDS]
     if "score" in steps:
-        score(args.shared_data, args.work, held_out, args.tta)
+        score(args.shared_data, args.work, held_out, args.tta, variant)
     if "render" in steps:
-        result = json.loads((args.work / "crossval.json").read_text("utf-8"))
+        result = json.loads((args.work / f"crossval{variant}.json").read_text("utf-8"))
         table = render(result)
-        (args.work / "crossval.md").write_text(table, "utf-8")
+        (args.work / f"crossval{variant}.md").write_text(table, "utf-8")
         print(table)
 
 

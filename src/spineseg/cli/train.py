@@ -33,7 +33,7 @@ _FIELDS: dict[str, str] = {
     "batch_size": "batch_size", "lr": "lr", "patch": "patch_size",
     "foreground_fraction": "foreground_fraction", "patience": "patience", "workers": "workers",
     "seed": "seed", "device": "device", "max_steps_per_epoch": "max_steps_per_epoch",
-    "augment": "augment", "sampling": "sampling", "init_weights": "init_weights",
+    "augment": "augment", "acquisition_augment": "acquisition_augment", "sampling": "sampling", "init_weights": "init_weights",
     "context_slices": "context_slices", "context_mm": "context_mm",
 }
 
@@ -75,6 +75,10 @@ def register(subparsers: Any) -> None:
                         "total: fewer than it has completed is refused, as many does nothing)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="training augmentation (default on)")
+    p.add_argument("--acquisition-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="the acquisition augmentations within it: spine-protocol field of view, "
+                        "sagittal slice thickness, contrast-filled vessels (default on; off for "
+                        "an ablation)")
     p.add_argument("--sampling", choices=SAMPLINGS,
                    help="slice: every slice equally likely (default); case: every case equally "
                         "likely, so short scans are not drowned out by long ones (nnU-Net's way)")

@@ -56,6 +56,9 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     val_batch_size: int = 16
     augment: bool = True
+    # Field of view, slice thickness and contrast vessels (spineseg.data.acquisition), part of
+    # ``augment``; off only to measure what they add.
+    acquisition_augment: bool = True
     sampling: str = "slice"
     # Start from these weights (a run's checkpoint or a model file, e.g. the shipped model) instead
     # of a random initialisation: fine-tuning. The architecture must match the file's.

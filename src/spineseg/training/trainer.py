@@ -255,8 +255,11 @@ class _Run:
         if cfg.patch_size % self.divisor:
             raise InputError(f"patch size {cfg.patch_size} is not a multiple of 2**depth = "
                              f"{self.divisor}")
-        transform = (train_transforms(AugmentConfig(preprocessing=self.preprocessing))
-                     if cfg.augment else None)
+        augment = AugmentConfig(preprocessing=self.preprocessing)
+        if not cfg.acquisition_augment:
+            augment = dataclasses.replace(augment, prob_field_of_view=0.0,
+                                          prob_slice_thickness=0.0, prob_contrast_vessels=0.0)
+        transform = train_transforms(augment) if cfg.augment else None
         self.train_ds = SliceDataset(cfg.data, "train", patch_size=(cfg.patch_size,) * 2,
                                      preprocessing=self.preprocessing,
                                      foreground_fraction=cfg.foreground_fraction,
