@@ -460,3 +460,14 @@ def test_masks_are_not_changed_by_cohort_bookkeeping(model_file, tmp_path, capfd
 
     np.testing.assert_array_equal(read_image(tmp_path / "b" / "a" / "spine.nii.gz").array,
                                   read_image(tmp_path / "s" / "spine.nii.gz").array)
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(model_file, tmp_path, capfd):
+    """Without --quiet, a cohort written to a log holds its result lines, not bar redraws."""
+    cohort = make_cohort(tmp_path / "cohort", ["a", "b"])
+    loud = [a for a in segment_argv(cohort, tmp_path / "out", model_file) if a != "--quiet"]
+    rc, _, err = run_cli(capfd, loud)
+    assert rc == 0, err
+    joined = "\n".join(err)
+    assert "\r" not in joined and "\x1b[" not in joined
+    assert not any(line.startswith(("cases", "slices")) for line in err), err

@@ -107,12 +107,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--shard {args.shard} splits a folder of cases; {src} is a single CT")
     if not batch:
         check_outputs(args.output, ocfg, [src])
+    # Bars only on a terminal: in a log file or a pipe they are escape-code noise.
+    progress = not args.quiet and sys.stderr.isatty()
     device = _device(args.device)
     model = load_segmentation_model(args.model, device=device)
     cfg = SegmentConfig(
         device=device,
         series_uid=args.series,
-        predict=PredictConfig(batch_size=args.batch_size, progress=not args.quiet,
+        predict=PredictConfig(batch_size=args.batch_size, progress=progress,
                               mirror=args.tta),
         postprocess=PostprocessConfig(enabled=not args.no_postprocess),
         mesh=MeshConfig(space=args.mesh_space, max_faces=args.max_faces) if mesh_fmt else None,
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     bars: list[tqdm] = []  # made once the batch has passed its up-front checks
 
     def start(n_cases: int) -> None:
-        bars.append(tqdm(total=n_cases, desc="cases", unit="case", disable=args.quiet,
+        bars.append(tqdm(total=n_cases, desc="cases", unit="case", disable=not progress,
                          file=sys.stderr))
 
     def report(outcome) -> None:  # type: ignore[no-untyped-def]
