@@ -1,0 +1,47 @@
+"""tools/crossval.py: folds hold every real patient out exactly once, and the held-out table's
+means and SDs are over patients, overall and per kind of scan."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import crossval  # noqa: E402  (a tool script, importable from tools/)
+import real_cases  # noqa: E402
+
+
+def test_every_real_patient_is_held_out_exactly_once():
+    held = [c for cases in crossval.FOLDS.values() for c in cases]
+    assert sorted(held) == sorted(real_cases.CASES)
+    kinds = {real_cases.CASES[c].kind for c in held}
+    assert kinds == {"whole-body", "spine-crop"}
+
+
+def _rows(dice: dict[str, float]) -> list[dict[str, object]]:
+    rows = []
+    for case, d in dice.items():
+        fold = next(f for f, cs in crossval.FOLDS.items() if case in cs)
+        for stress, off in (("clean", 0.0), ("noise100", -0.1), ("osteo60", -0.05)):
+            row = {"fold": fold, "case": case, "stress": stress, "dice": d + off,
+                   "sensitivity": 0.5, "precision": 0.9, "hd95_mm": 10.0}
+            if stress == "clean":
+                row["dice_nopost"] = d - 0.01
+            rows.append(row)
+    return rows
+
+
+def test_render_means_over_patients_and_per_kind():
+    dice = {"ts_chest": 0.70, "ts_abdomen": 0.80, "verse005": 0.90, "verse006": 0.60}
+    table = crossval.render({"rows": _rows(dice)})
+    lines = table.splitlines()
+    assert sum(line.startswith("| ts_") or line.startswith("| verse") for line in lines) == 4
+    overall = next(line for line in lines if "all patients" in line)
+    mean, sd = statistics.fmean(dice.values()), statistics.stdev(dice.values())
+    assert f"{mean:.3f} ± {sd:.3f}" in overall and "(n = 4)" in overall
+    whole = next(line for line in lines if "whole-body" in line and "mean" in line)
+    assert "0.750 ± 0.071" in whole  # ts_chest and ts_abdomen only
+    crop = next(line for line in lines if "spine-crop" in line and "mean" in line)
+    assert "0.750 ± 0.212" in crop
+    assert "sagittal" in next(line for line in lines if line.startswith("| verse006"))
