@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import crossval  # noqa: E402  (a tool script, importable from tools/)
-import real_cases  # noqa: E402
+import crossval  # a tool script, importable once tools/ is on the path
+import real_cases
 
 
 def test_every_real_patient_is_held_out_exactly_once():
