@@ -72,20 +72,25 @@ def _quiet_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight msrunet model file (width 8, depth 2, 2 mm in-plane): the pipeline's
-    files, geometry and errors can be tested without the shipped model's cost."""
+def write_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A random-weight msrunet model file (width 8, depth 2, 2 mm in-plane); ``seed`` gives other
+    weights, hence another SHA-256."""
     import torch
 
     from spineseg.data.preprocess import Preprocessing
     from spineseg.inference.model_file import save_segmentation_model
     from spineseg.models import build_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = build_model("msrunet", base_width=8, depth=2)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_segmentation_model(path, model_name="msrunet", model_config=net.config.to_dict(),
                             state_dict=net.state_dict(),
                             preprocessing=Preprocessing(spacing_xy=(2.0, 2.0)))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model file: the pipeline's files, geometry and errors can be tested without the
+    shipped model's cost."""
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")

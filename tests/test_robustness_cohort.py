@@ -20,8 +20,8 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-import torch
 
+from conftest import write_tiny_model
 from spineseg.errors import OutputError
 from spineseg.inference.claim import LOCK_NAME, claim_output_folder
 from spineseg.inference.preview import save_preview
@@ -48,17 +48,7 @@ def model_file(tiny_model_file: Path) -> Path:
 @pytest.fixture(scope="module")
 def other_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another tiny model (other weights, so another SHA-256)."""
-    from spineseg.data.preprocess import Preprocessing
-    from spineseg.inference.model_file import save_segmentation_model
-    from spineseg.models import build_model
-
-    torch.manual_seed(1)
-    net = build_model("msrunet", base_width=8, depth=2)
-    path = tmp_path_factory.mktemp("model2") / "other.pt"
-    save_segmentation_model(path, model_name="msrunet", model_config=net.config.to_dict(),
-                            state_dict=net.state_dict(),
-                            preprocessing=Preprocessing(spacing_xy=(2.0, 2.0)))
-    return path
+    return write_tiny_model(tmp_path_factory.mktemp("model2") / "other.pt", seed=1)
 
 
 def summary_rows(out: Path, name: str = "summary.csv") -> dict[str, dict[str, str]]:

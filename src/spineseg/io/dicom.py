@@ -79,7 +79,8 @@ def _tag(reader: sitk.ImageFileReader, key: str) -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
+    """The 128-byte preamble and "DICM" magic of a DICOM Part 10 file (any extension)."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -94,7 +95,7 @@ def _skipped_dicom_files(folder: Path, listed: set[str]) -> dict[Path, bytes]:
     for p in sorted(folder.iterdir()):
         if p.name in listed or p.name.startswith(".") or not p.is_file():
             continue
-        if _has_dicom_preamble(p):
+        if has_dicom_preamble(p):
             try:
                 with open(p, "rb") as f:
                     out[p] = f.read(1 << 20)

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spineseg.errors import GeometryError, InputError, ResourceError
-from spineseg.io.dicom import read_dicom_series
+from spineseg.io.dicom import has_dicom_preamble, read_dicom_series
 from spineseg.io.itk_common import (  # re-exported: callers import them from here
     DEFAULT_MAX_VOXELS,
     check_geometry_header,
@@ -127,7 +127,7 @@ def read_image(path: str | os.PathLike[str], *, series_uid: str | None = None,
         raise InputError(f"{p}: a series UID can only be chosen for a DICOM folder")
     ext = image_extension(p)
     if ext is None:
-        if p.suffix.lower() in (".dcm", ".ima", "") or _has_dicom_magic(p):
+        if p.suffix.lower() in (".dcm", ".ima", "") or has_dicom_preamble(p):
             raise InputError(f"{p}: a single DICOM file; pass the folder holding the series")
         raise InputError(f"{p}: unsupported image format {p.suffix!r} "
                          f"(use one of {', '.join(IMAGE_EXTENSIONS)} or a DICOM folder)")
@@ -155,12 +155,3 @@ def read_image(path: str | os.PathLike[str], *, series_uid: str | None = None,
         except MemoryError as exc:
             raise ResourceError(f"{p}: not enough memory to read the image") from exc
     return volume_from_image(image, p, {"source": str(p.resolve()), "format": fmt})
-
-
-def _has_dicom_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
