@@ -30,7 +30,7 @@ from spineseg.inference.model_file import SegmentationModel, load_segmentation_m
 from spineseg.inference.postprocess import PostprocessConfig, clean_mask
 from spineseg.inference.predict import PredictConfig, predict_probabilities, torch_threads
 from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_spacing, resample_to
-from spineseg.io.describe import ct_verdict
+from spineseg.io.describe import ct_verdict, strided_sample
 from spineseg.io.geometry import (
     axis_aligned_grid,
     nearest_axes,
@@ -41,7 +41,6 @@ from spineseg.io.read import DEFAULT_MAX_VOXELS
 from spineseg.reconstruction import MeshConfig, mask_to_mesh
 
 log = logging.getLogger(__name__)
-_VERDICT_SAMPLE = 1 << 22  # voxels looked at for the "is this CT in HU?" warning
 #: Tilt (degrees) beyond which a scan is resampled onto an axis-aligned grid. Below it the nearest
 #: axis order is used as is (exact, no interpolation): the spine's own curvature tilts vertebrae
 #: more than that against the axial plane, so the network has seen such slices.
@@ -103,8 +102,7 @@ def _check_intensities(vol: Volume) -> None:
     if lo == hi:
         raise InputError(f"{vol.meta.get('source', 'image')}: every voxel has the value {lo:g}; "
                          "this is not a CT image")
-    stride = max(1, arr.size // _VERDICT_SAMPLE)
-    looks_ct, reason = ct_verdict(arr.ravel()[::stride])
+    looks_ct, reason = ct_verdict(strided_sample(arr))
     if not looks_ct:
         log.warning("%s: %s; this may not be a CT in Hounsfield units and the result may be "
                     "wrong", vol.meta.get("source", "image"), reason)

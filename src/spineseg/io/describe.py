@@ -69,6 +69,12 @@ class ImageInfo:
         return out
 
 
+def strided_sample(values: np.ndarray, limit: int = _PERCENTILE_SAMPLE) -> np.ndarray:
+    """At most about ``limit`` evenly strided voxels of ``values`` (a view where possible)."""
+    flat = values.reshape(-1)
+    return flat[::max(1, flat.size // limit)]
+
+
 def ct_verdict(values: np.ndarray) -> tuple[bool, str]:
     """Does this look like CT in HU? ``values`` are finite voxels (any shape)."""
     v = values.ravel()
@@ -83,7 +89,7 @@ def ct_verdict(values: np.ndarray) -> tuple[bool, str]:
     body = v[v > _PADDING_BELOW_HU]
     if body.size == 0:
         return False, f"all values below {_PADDING_BELOW_HU:g}"
-    air = float(np.count_nonzero((body >= _AIR_HU[0]) & (body <= _AIR_HU[1]))) / body.size
+    air = _fraction(body, _AIR_HU)
     p1, p99 = (float(x) for x in np.percentile(body, [1, 99]))
     if p99 > _CT_MAX_HU:
         return False, f"99th percentile {p99:g} is beyond the CT range (-1024..3071 HU)"
@@ -110,8 +116,7 @@ def describe(volume: Volume) -> ImageInfo:
     finite_mask = np.isfinite(arr) if np.issubdtype(arr.dtype, np.floating) else None
     finite = arr[finite_mask] if finite_mask is not None else arr.ravel()
     nonfinite = int(arr.size - finite.size)
-    stride = max(1, finite.size // _PERCENTILE_SAMPLE)
-    sample = finite[::stride].astype(np.float64)
+    sample = strided_sample(finite).astype(np.float64)
     if finite.size:
         lo, hi = float(finite.min()), float(finite.max())
         mean = float(finite.mean(dtype=np.float64))
