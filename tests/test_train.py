@@ -259,3 +259,29 @@ def test_acquisition_augment_flag_switches_only_the_acquisition_transforms(tmp_p
     assert cfg["noise"] > 0  # the rest of the augmentation is untouched
     stored = read_train_config(tmp_path / "run")
     assert stored.acquisition_augment is bool(expected)
+
+
+def test_poly_schedule_decays_per_epoch_and_resumes_exactly(dataset, tmp_path,
+                                                             monkeypatch) -> None:
+    cfg = dict(schedule="poly", epochs=3, lr=1e-2, loss="bce")
+    train(tiny_config(dataset, tmp_path / "ref", **cfg))
+    rows = list(csv.DictReader((tmp_path / "ref" / "metrics.csv").open()))
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [1e-2 * (1 - e / 3) ** 0.9 for e in range(3)])
+    original = trainer_mod._Run._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, net, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, net, epoch)
+
+    monkeypatch.setattr(trainer_mod._Run, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(dataset, tmp_path / "cut", **cfg))
+    monkeypatch.setattr(trainer_mod._Run, "_train_epoch", original)
+    train(tiny_config(dataset, tmp_path / "cut", **cfg), resume=True)
+    assert _same_weights(tmp_path / "ref" / "last.pt", tmp_path / "cut" / "last.pt")
+    with pytest.raises(InputError, match="schedule"):
+        tiny_config(dataset, tmp_path / "x", schedule="cosine")

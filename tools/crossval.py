@@ -163,9 +163,14 @@ def main() -> None:
     ap.add_argument("--no-acquisition-augment", action="store_true",
                     help="ablation: fine-tune without the acquisition augmentations (runs, logs "
                          "and results get the suffix _noacq)")
+    ap.add_argument("--schedule", choices=("plateau", "poly"), default="plateau",
+                    help="fine-tune learning-rate schedule (poly: runs, logs and results get the "
+                         "suffix _poly)")
     args = ap.parse_args()
     variant, extra = ("_noacq", ["--no-acquisition-augment"]) if args.no_acquisition_augment \
         else ("", [])
+    if args.schedule == "poly":
+        variant, extra = variant + "_poly", [*extra, "--schedule", "poly"]
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:

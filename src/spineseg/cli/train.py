@@ -20,6 +20,7 @@ from spineseg.training.config import (
     LOSSES,
     RESUMABLE_OVERRIDES,
     SAMPLINGS,
+    SCHEDULES,
     TrainConfig,
     read_train_config,
 )
@@ -33,7 +34,8 @@ _FIELDS: dict[str, str] = {
     "batch_size": "batch_size", "lr": "lr", "patch": "patch_size",
     "foreground_fraction": "foreground_fraction", "patience": "patience", "workers": "workers",
     "seed": "seed", "device": "device", "max_steps_per_epoch": "max_steps_per_epoch",
-    "augment": "augment", "acquisition_augment": "acquisition_augment", "sampling": "sampling", "init_weights": "init_weights",
+    "augment": "augment", "acquisition_augment": "acquisition_augment", "sampling": "sampling",
+    "init_weights": "init_weights", "schedule": "schedule",
     "context_slices": "context_slices", "context_mm": "context_mm",
 }
 
@@ -56,6 +58,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d['epochs'].default})")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
     p.add_argument("--lr", type=float, help="initial Adam learning rate (default 1e-3)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule: plateau (the paper's reduce-on-plateau, default) "
+                        "or poly (nnU-Net's decay to ~0 over --epochs; for fixed-length runs)")
     p.add_argument("--patch", type=int, help="square training patch side (default 256)")
     p.add_argument("--width", type=int, help="base_width of the network")
     p.add_argument("--depth", type=int, help="down-sampling stages of the network")

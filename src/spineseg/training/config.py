@@ -20,6 +20,10 @@ LOSSES: tuple[str, ...] = ("dice", "bce", "focal", "dicebce")
 # likely, then a slice within it (nnU-Net's sampling) so a 20-slice scan is not drowned out.
 SAMPLINGS: tuple[str, ...] = ("slice", "case")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+# "plateau": the paper's reduce-on-plateau on the validation loss. "poly": nnU-Net's polynomial
+# decay, lr * (1 - epoch / epochs) ** 0.9, which ends every run at a small step size, so the last
+# weights do not depend on where a noisy step happened to land (fine-tunes of a fixed length).
+SCHEDULES: tuple[str, ...] = ("plateau", "poly")
 CONFIG_FILE = "config.json"
 
 # Fields that may differ when a run is resumed: they change how long or where it runs, never
@@ -49,6 +53,7 @@ class TrainConfig:
     lr_patience: int = 5
     lr_factor: float = 0.5
     min_lr: float = 1e-6
+    schedule: str = "plateau"
     weight_decay: float = 0.0
     workers: int = 0
     seed: int = 0
@@ -81,6 +86,9 @@ class TrainConfig:
         if self.sampling not in SAMPLINGS:
             raise InputError(f"unknown sampling {self.sampling!r}; choose from "
                              f"{', '.join(SAMPLINGS)}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}; choose from "
+                             f"{', '.join(SCHEDULES)}")
         if self.device not in DEVICES:
             raise InputError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
         for name in ("epochs", "batch_size", "patch_size", "val_batch_size"):

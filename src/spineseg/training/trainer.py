@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -274,9 +275,7 @@ class _Run:
         self.loss_fn = make_loss(cfg.loss)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
-            min_lr=cfg.min_lr)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     def _load_initial_weights(self, path: str) -> None:
@@ -486,7 +485,10 @@ class _Run:
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 train_loss = self._train_epoch(net, epoch)
                 val_loss, val_dice = self._validate(self.model)
-                self.scheduler.step(val_loss)
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(val_loss)
+                else:
+                    self.scheduler.step()
                 state.epoch = epoch + 1
                 improved = val_dice > state.best_metric
                 if improved:
@@ -504,6 +506,26 @@ class _Run:
                                state.best_metric, stopped_early, state.history)
         finally:
             cleanup_distributed(self.dist)
+
+
+def poly_factor(epoch: int, epochs: int, floor: float = 0.0) -> float:
+    """nnU-Net's polynomial decay: the share of the initial learning rate used in ``epoch``."""
+    return max(floor, (1.0 - min(epoch, epochs) / epochs) ** 0.9)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer,
+                   cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The run's learning-rate schedule, stepped once per epoch (see ``TrainConfig.schedule``).
+
+    The poly schedule depends on ``epochs``: resuming with more epochs stretches the rest of it.
+    """
+    if cfg.schedule == "poly":
+        floor = cfg.min_lr / cfg.lr
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(poly_factor, epochs=cfg.epochs, floor=floor))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
+        min_lr=cfg.min_lr)
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
