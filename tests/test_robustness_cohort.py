@@ -253,20 +253,23 @@ def test_case_name_collisions_keep_every_case(model_file, tmp_path, capfd):
     write_image(ct_volume(seed=3), cohort / "dup.nrrd")
     write_image(ct_volume(seed=4), cohort / "summary.csv.nii.gz")
     write_image(ct_volume(seed=5), cohort / "solo.mha")
+    write_image(ct_volume(seed=6), cohort / "report.html.nii.gz")
     out = tmp_path / "out"
     rc, stdout, err = run_cli(capfd, segment_argv(cohort, out, model_file))
     assert rc == 0, err
-    assert "5 segmented" in stdout
+    assert "6 segmented" in stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "dup", "dup_nii_gz", "dup_nrrd", "solo", "summary.csv", "summary_csv_nii_gz"]
+        "dup", "dup_nii_gz", "dup_nrrd", "report.html", "report_html_nii_gz", "solo",
+        "summary.csv", "summary_csv_nii_gz"]
     expected = {"dup": "dup", "dup_nii_gz": "dup.nii.gz", "dup_nrrd": "dup.nrrd",
-                "solo": "solo.mha", "summary_csv_nii_gz": "summary.csv.nii.gz"}
+                "solo": "solo.mha", "summary_csv_nii_gz": "summary.csv.nii.gz",
+                "report_html_nii_gz": "report.html.nii.gz"}
     for case, source in expected.items():
         assert Path(stats_of(out / case)["input"]["source"]).name == source
     assert {c: r["status"] for c, r in summary_rows(out).items()} == dict.fromkeys(expected, "done")
     rc, stdout, err = run_cli(capfd, segment_argv(cohort, out, model_file))
     assert rc == 0, err
-    assert "0 segmented, 5 skipped" in stdout
+    assert "0 segmented, 6 skipped" in stdout
 
 
 # --------------------------------------------------------------------------- 5: re-runs
@@ -412,7 +415,7 @@ def test_stale_staging_folders_are_cleaned(model_file, tmp_path, capfd):
     rc, _, err = run_cli(capfd, segment_argv(cohort, bout, model_file))
     assert rc == 0, err
     assert_no_debris(bout)
-    assert sorted(p.name for p in bout.iterdir()) == ["a", "summary.csv"]
+    assert sorted(p.name for p in bout.iterdir()) == ["a", "report.html", "summary.csv"]
 
 
 def test_summary_ends_with_a_newline_and_no_bar_precedes_errors(model_file, tmp_path, capfd):

@@ -112,7 +112,7 @@ def test_batch_isolates_failures_and_resumes(small_ct, model_file, tmp_path):
     cfg = OutputConfig(mesh_format=None, preview=False)
     with pytest.raises(PartialFailure, match="1 of 3"):
         segment_batch(cases, out, model, FAST, cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "report.html", "summary.csv"]
     summary = (out / "summary.csv").read_text(encoding="utf-8")
     assert any(ln.startswith("c,") and ",failed," in ln for ln in summary.splitlines())
     with pytest.raises(PartialFailure):  # the corrupt case still fails; a and b are skipped

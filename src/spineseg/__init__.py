@@ -1,18 +1,20 @@
 """spineseg: fully automatic spine segmentation in CT and 3D reconstruction.
 
 ``spineseg.segment(image, model=None, config=None, progress=None)`` is the notebook entry point
-(``image``: a path, a DICOM folder, a :class:`Volume`, a SimpleITK or a nibabel image). The
+(``image``: a path, a DICOM folder, a :class:`Volume`, a SimpleITK or a nibabel image);
+``spineseg.mask_statistics(ct, mask)`` measures an existing mask. The
 public names are imported on first use, so ``import spineseg`` (and the CLI's ``--help``) stays
 fast.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["SegmentConfig", "SegmentResult", "Volume", "segment"]
+__all__ = ["SegmentConfig", "SegmentResult", "Volume", "mask_statistics", "segment"]
 
 # public name -> the module that defines it
 _LAZY = {
     "segment": "spineseg.inference.api",
+    "mask_statistics": "spineseg.inference.api",
     "SegmentResult": "spineseg.inference.api",
     "SegmentConfig": "spineseg.inference.pipeline",
     "Volume": "spineseg.io.volume",

@@ -37,6 +37,7 @@ EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool stopped by SIGPIP
 COMMANDS: dict[str, str] = {
     "segment": "segment the spine in a CT (file, DICOM folder or cohort)",
     "info": "show an image's grid, orientation, intensity range and whether it looks like CT",
+    "stats": "voxel count, volume, bounding box, mean/median HU and flags of an existing mask",
     "demo": "segment a synthetic CT (DICOM) end to end and print its Dice",
     "phantom": "generate synthetic spine CT cases (image + vertebra mask pairs)",
     "prepare": "prepare a training dataset from image/mask folders",

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh-space", choices=["lps", "ras"], default="lps",
                    help="mesh coordinates (3D Slicer assumes LPS for STL/OBJ)")
     p.add_argument("--max-faces", type=int, default=200_000, help="mesh face budget")
+    p.add_argument("--output-type", action="append", default=[], metavar="TYPE",
+                   help="mask formats besides spine.nii.gz (always written): dicom-seg "
+                        "(spine.seg.dcm, DICOM series input only), seg-nrrd (spine.seg.nrrd, "
+                        "3D Slicer); repeat or comma-separate, e.g. dicom-seg,seg-nrrd")
     p.add_argument("--probabilities", action="store_true", help="also write spine_prob.nii.gz")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
     p.add_argument("--no-postprocess", action="store_true",
@@ -73,6 +77,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spineseg.export import check_output_types, parse_output_types
     from spineseg.inference.batch import is_dicom_folder, segment_batch
     from spineseg.inference.claim import claim_output_folder
     from spineseg.inference.model_file import load_segmentation_model
@@ -101,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{src}: no such file or folder")
     mesh_fmt = None if args.mesh == "none" else args.mesh
     ocfg = OutputConfig(mesh_format=mesh_fmt, probabilities=args.probabilities,
-                        preview=not args.no_preview, overwrite=args.overwrite)
+                        preview=not args.no_preview, overwrite=args.overwrite,
+                        output_types=parse_output_types(args.output_type))
     batch = src.is_dir() and not is_dicom_folder(src)
     if not batch and shard != (0, 1):
         raise InputError(f"--shard {args.shard} splits a folder of cases; {src} is a single CT")
     if not batch:
+        check_output_types(ocfg.output_types, [src])
         check_outputs(args.output, ocfg, [src])
     # Bars only on a terminal: in a log file or a pipe they are escape-code noise.
     progress = not args.quiet and sys.stderr.isatty()
@@ -155,5 +162,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     done = sum(o.status == "done" for o in result.outcomes)
     skipped = sum(o.status == "skipped" for o in result.outcomes)
-    print(f"{done} segmented, {skipped} skipped (already done); summary: {result.summary_path}")
+    flagged = sum(bool(o.flags) for o in result.outcomes)
+    print(f"{done} segmented, {skipped} skipped (already done), {flagged} flagged for a look; "
+          f"summary: {result.summary_path}; report: {result.report_path}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +84,15 @@ class SegmentResult(pipeline.SegmentResult):
 
     def save(self, outdir: str | os.PathLike[str], *, mesh_format: str | None = "stl",
              preview: bool = True, probabilities: bool | None = None,
-             overwrite: bool = False) -> list[Path]:
+             overwrite: bool = False, output_types: Sequence[str] = ("nifti",)) -> list[Path]:
         """Write the files ``spineseg segment`` writes into ``outdir``; returns their paths.
 
         ``probabilities`` defaults to whether the result holds them
-        (``SegmentConfig(keep_probabilities=True)``). Existing outputs are replaced only with
-        ``overwrite=True``.
+        (``SegmentConfig(keep_probabilities=True)``). ``output_types`` adds mask formats to
+        ``spine.nii.gz`` (``"dicom-seg"`` for a DICOM series input, ``"seg-nrrd"``), as
+        ``--output-type`` does. Existing outputs are replaced only with ``overwrite=True``.
         """
+        from spineseg.export import parse_output_types
         from spineseg.inference.outputs import OutputConfig, write_case_outputs
 
         if probabilities is None:
@@ -99,7 +102,7 @@ class SegmentResult(pipeline.SegmentResult):
                              "SegmentConfig(keep_probabilities=True) to save them")
         return write_case_outputs(self, outdir, OutputConfig(
             mesh_format=mesh_format, probabilities=probabilities, preview=preview,
-            overwrite=overwrite))
+            overwrite=overwrite, output_types=parse_output_types(output_types)))
 
     def to_nibabel(self) -> nib.Nifti1Image:
         """The mask as a nibabel NIfTI image (RAS affine, the input's grid)."""
@@ -113,6 +116,15 @@ class SegmentResult(pipeline.SegmentResult):
         faces = len(self.mesh.faces) if self.mesh is not None else 0
         return (f"SegmentResult(mask={self.mask!r}, spine_volume_ml="
                 f"{self.stats.get('spine_volume_ml')}, mesh_faces={faces})")
+
+
+def mask_statistics(ct: str | os.PathLike[str], mask: str | os.PathLike[str]) -> dict[str, Any]:
+    """Voxel count, volume, bounding box, mean and median HU and quality flags of an existing
+    ``mask`` over ``ct`` (what ``spineseg stats`` prints); the mask is resampled onto the CT's
+    grid through physical space (nearest neighbour) when the grids differ."""
+    from spineseg.report.statistics import compute_statistics
+
+    return compute_statistics(ct, mask)
 
 
 def segment(source: Source, model: SegmentationModel | str | os.PathLike[str] | None = None,

@@ -3,8 +3,8 @@
 A cohort holds image files, DICOM series sub-folders and TotalSegmentator-style case folders
 (``<case>/ct.nii.gz``, or any one supported image per sub-folder). A case is named after its file
 without the extension, or after its sub-folder; where two entries would share a name (``dup/``,
-``dup.nii.gz``, ``dup.nrrd``), or a name would be that of the batch summary, the files keep their
-extension in the name (``dup_nii_gz``, ``dup_nrrd``), so no case is ever dropped.
+``dup.nii.gz``, ``dup.nrrd``), or a name would be that of the batch summary or report, the files
+keep their extension in the name (``dup_nii_gz``, ``dup_nrrd``), so no case is ever dropped.
 
 A finished case (``stats.json``) is skipped only when it was made from the same input with the
 same model and settings; otherwise the run stops before any work and names what differs, unless
@@ -13,7 +13,10 @@ to the summary, and the other cases are still done.
 
 A cohort can be split over cluster job-array tasks with ``shard=(i, n)``: task *i* (0-based)
 takes every *n*-th case of the name-sorted list, so tasks never overlap and need no coordination;
-each writes its own ``summary-shard<i>of<n>.csv``.
+each writes its own ``summary-shard<i>of<n>.csv`` and ``report-shard<i>of<n>.html``.
+
+After the cases, ``report.html`` shows every case of the run (skipped ones from their
+``stats.json``) with its preview, figures and quality flags (:mod:`spineseg.report`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from spineseg.errors import InputError, OutputError, PartialFailure, SpinesegError
+from spineseg.export import check_output_types
 from spineseg.inference.claim import LOCK_NAME, check_not_inputs, claim_output_folder
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.outputs import (
@@ -45,11 +49,15 @@ from spineseg.inference.outputs import (
     write_case_outputs,
 )
 from spineseg.inference.pipeline import SegmentConfig, segment
-from spineseg.io import image_extension, list_dicom_series, write_text_atomic
+from spineseg.io import image_extension, write_text_atomic
+from spineseg.io.dicom import is_dicom_series_folder
+from spineseg.report.cohort_html import ReportRow, write_cohort_report
 
 log = logging.getLogger(__name__)
 
-_SUMMARY = re.compile(r"summary(-shard\d+of\d+)?\.csv", re.IGNORECASE)
+# The batch's own files: a case of that name keeps its extension, so its folder cannot clash.
+_SUMMARY = re.compile(r"(summary(-shard\d+of\d+)?\.csv|report(-shard\d+of\d+)?\.html)",
+                      re.IGNORECASE)
 
 
 @dataclass
@@ -60,12 +68,16 @@ class CaseOutcome:
     message: str = ""
     spine_volume_ml: float | None = None
     seconds: float = 0.0
+    #: The case's quality flags (``{"code", "message"}``, as in its stats.json); a failed case
+    #: has the one flag ``failed``.
+    flags: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class BatchResult:
     outcomes: list[CaseOutcome] = field(default_factory=list)
     summary_path: Path | None = None
+    report_path: Path | None = None
 
     @property
     def failed(self) -> list[CaseOutcome]:
@@ -83,10 +95,7 @@ class Case:
 
 
 def is_dicom_folder(path: Path) -> bool:
-    try:
-        return path.is_dir() and bool(list_dicom_series(path))
-    except SpinesegError:
-        return False
+    return is_dicom_series_folder(path)
 
 
 def _stem(path: Path) -> str:
@@ -158,7 +167,7 @@ _OPTION = {  # settings key -> how a user changes it
     "predict.mirror": "--tta", "postprocess.enabled": "--no-postprocess", "mesh": "--mesh",
     "mesh.space": "--mesh-space", "mesh.max_faces": "--max-faces",
     "outputs.mesh_format": "--mesh", "outputs.probabilities": "--probabilities",
-    "outputs.preview": "--no-preview",
+    "outputs.preview": "--no-preview", "outputs.output_types": "--output-type",
 }
 
 
@@ -248,7 +257,9 @@ def segment_batch(
     check_outputs(out, OutputConfig(mesh_format=ocfg.mesh_format, overwrite=True), [src])
     cases = find_cases(src)[index::count]
     settings = run_settings(model, cfg, ocfg)
-    summary_name = "summary.csv" if count == 1 else f"summary-shard{index}of{count}.csv"
+    suffix = "" if count == 1 else f"-shard{index}of{count}"
+    summary_name = f"summary{suffix}.csv"
+    check_output_types(ocfg.output_types, [c.source for c in cases if not c.problem])
     lock = LOCK_NAME if count == 1 else f"{LOCK_NAME}-shard{index}of{count}"
     with claim_output_folder(out, lock):
         earlier = {}
@@ -278,10 +289,17 @@ def segment_batch(
                 on_case(outcome)
         result.summary_path = write_text_atomic(out / summary_name,
                                                 _summary_csv(result.outcomes), overwrite=True)
+        result.report_path = write_cohort_report(out / f"report{suffix}.html",
+                                                 _report_rows(result.outcomes, out))
     if result.failed:
         raise PartialFailure(f"{len(result.failed)} of {len(cases)} cases failed "
                              f"(see {result.summary_path})")
     return result
+
+
+def _flags(record: dict[str, Any] | None) -> list[dict[str, str]]:
+    flags = record.get("flags") if record else None
+    return [f for f in flags if isinstance(f, dict)] if isinstance(flags, list) else []
 
 
 def _run_case(case: Case, case_out: Path, model: SegmentationModel, cfg: SegmentConfig,
@@ -294,20 +312,35 @@ def _run_case(case: Case, case_out: Path, model: SegmentationModel, cfg: Segment
         seconds = record.get("runtime_s", {}).get("total_s", 0.0)
         return CaseOutcome(case.name, source, "skipped", "already done",
                            spine_volume_ml=record.get("spine_volume_ml"),
-                           seconds=seconds if isinstance(seconds, int | float) else 0.0)
+                           seconds=seconds if isinstance(seconds, int | float) else 0.0,
+                           flags=_flags(record))
     if case.problem:
-        return CaseOutcome(case.name, source, "failed", case.problem)
+        return CaseOutcome(case.name, source, "failed", case.problem,
+                           flags=[{"code": "failed", "message": case.problem}])
     try:
         check_outputs(case_out, ocfg, [case.source])
         res = segment(case.source, model, cfg)
         write_case_outputs(res, case_out, ocfg, settings)
         outcome = CaseOutcome(case.name, source, "done",
-                              spine_volume_ml=res.stats["spine_volume_ml"])
+                              spine_volume_ml=res.stats["spine_volume_ml"],
+                              flags=_flags(read_record(case_out)))
     except Exception as exc:  # any failure is this case's: the cohort goes on
         log.debug("case %s failed", case.name, exc_info=True)
-        outcome = CaseOutcome(case.name, source, "failed", _failure_message(exc))
+        message = _failure_message(exc)
+        outcome = CaseOutcome(case.name, source, "failed", message,
+                              flags=[{"code": "failed", "message": message}])
     outcome.seconds = round(time.perf_counter() - t, 2)
     return outcome
+
+
+def _report_rows(outcomes: list[CaseOutcome], out: Path) -> list[ReportRow]:
+    rows = []
+    for o in outcomes:
+        record = {} if o.status == "failed" else (read_record(out / o.case) or {})
+        preview = out / o.case / "preview.png"
+        rows.append(ReportRow(o.case, o.status, o.message, o.seconds, record,
+                              preview if "preview.png" in recorded_outputs(record) else None))
+    return rows
 
 
 def _summary_csv(outcomes: list[CaseOutcome]) -> str:

@@ -26,17 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from spineseg.errors import OutputError
+from spineseg.export import OUTPUT_FILES, check_output_types
+from spineseg.export.dicom_seg import DicomSegInfo, write_dicom_seg
+from spineseg.export.seg_nrrd import write_seg_nrrd
 from spineseg.inference.claim import LOCK_NAME, check_not_inputs, claim_output_folder
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.pipeline import SegmentConfig, SegmentResult
 from spineseg.inference.preview import save_preview
 from spineseg.io import write_image, write_text_atomic
 from spineseg.io.mesh import MESH_FORMATS, write_mesh
+from spineseg.report import case_quality
 
 STATS = "stats.json"
 #: Every name spineseg writes into a case folder: the only files an overwrite may remove.
 OUTPUT_NAMES = frozenset({"spine.nii.gz", "spine_prob.nii.gz", "preview.png", STATS,
-                          *(f"spine.{fmt}" for fmt in MESH_FORMATS)})
+                          *(f"spine.{fmt}" for fmt in MESH_FORMATS), *OUTPUT_FILES.values()})
 # Written first into stats.json while a set is being replaced; a crash leaves this record, so the
 # next run knows which files are its own half-finished set (and that the case is not done).
 INCOMPLETE = "incomplete"
@@ -48,10 +52,13 @@ class OutputConfig:
     probabilities: bool = False
     preview: bool = True
     overwrite: bool = False
+    #: Mask formats (:data:`spineseg.export.OUTPUT_TYPES`); ``spine.nii.gz`` is always written.
+    output_types: tuple[str, ...] = ("nifti",)
 
 
 def planned_outputs(outdir: Path, cfg: OutputConfig) -> list[Path]:
-    names = ["spine.nii.gz", STATS]
+    names = [OUTPUT_FILES["nifti"], STATS,
+             *(OUTPUT_FILES[t] for t in cfg.output_types if t != "nifti")]
     if cfg.preview:
         names.append("preview.png")
     if cfg.mesh_format:
@@ -75,7 +82,11 @@ def run_settings(model: SegmentationModel, config: SegmentConfig,
         "postprocess": dataclasses.asdict(config.postprocess),
         "mesh": dataclasses.asdict(config.mesh) if config.mesh is not None else None,
         "outputs": {"mesh_format": outputs.mesh_format, "probabilities": outputs.probabilities,
-                    "preview": outputs.preview},
+                    "preview": outputs.preview,
+                    # Only when other formats are asked for, so records of NIfTI-only runs
+                    # (older ones included) still match a NIfTI-only re-run.
+                    **({"output_types": list(outputs.output_types)}
+                       if set(outputs.output_types) - {"nifti"} else {})},
     }
 
 
@@ -166,6 +177,7 @@ def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
     out = Path(outdir)
     source = result.stats.get("input", {}).get("source", "")
     inputs = [Path(source)] if source else []
+    check_output_types(cfg.output_types, [Path(source) if source else None])
     started = time.time()
     with claim_output_folder(out):
         check_outputs(out, cfg, inputs)
@@ -182,9 +194,24 @@ def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _write_dicom_seg(result: SegmentResult, path: Path, source: str) -> None:
+    recorded = result.stats.get("input", {})
+    series = recorded.get("series_uid")
+    if series is not None and recorded.get("acquisition"):
+        series = f"{series}:{recorded['acquisition']}"
+    model = result.stats.get("model", {})
+    write_dicom_seg(result.mask, source, path, series_uid=series,
+                    info=DicomSegInfo(model_sha256=str(model.get("sha256", "")),
+                                      model_name=str(model.get("name", ""))))
+
+
 def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConfig,
                   settings: dict[str, Any] | None, source: str) -> list[Path]:
-    write_image(result.mask, stage / "spine.nii.gz")
+    write_image(result.mask, stage / OUTPUT_FILES["nifti"])
+    if "seg-nrrd" in cfg.output_types:
+        write_seg_nrrd(result.mask, stage / OUTPUT_FILES["seg-nrrd"])
+    if "dicom-seg" in cfg.output_types:
+        _write_dicom_seg(result, stage / OUTPUT_FILES["dicom-seg"], source)
     if cfg.probabilities and result.probabilities is not None:
         write_image(result.probabilities, stage / "spine_prob.nii.gz")
     if cfg.mesh_format and result.mesh is not None:
@@ -193,7 +220,7 @@ def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConf
         save_preview(result.canonical_ct, result.canonical_mask, result.mesh,
                      stage / "preview.png", title=Path(source).name if source else "")
     names = sorted({p.name for p in stage.iterdir()} | {STATS})
-    stats = dict(result.stats, outputs=names)
+    stats = dict(result.stats, **case_quality(result), outputs=names)
     if settings is not None:
         stats["settings"] = settings
     (stage / STATS).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")

@@ -39,6 +39,7 @@ from spineseg.io.geometry import (
 )
 from spineseg.io.read import DEFAULT_MAX_VOXELS
 from spineseg.reconstruction import MeshConfig, mask_to_mesh
+from spineseg.report.flags import probability_histogram
 
 log = logging.getLogger(__name__)
 #: Tilt (degrees) beyond which a scan is resampled onto an axis-aligned grid. Below it the nearest
@@ -89,6 +90,9 @@ class SegmentResult:
     stats: dict[str, Any]
     canonical_ct: Volume
     canonical_mask: Volume
+    #: Voxel counts of the probabilities in ten bins over [0, 1] within the mask's bounding box
+    #: (what the low-confidence flag reads, without keeping the probability map).
+    probability_histogram: list[int] | None = None
 
 
 def _check_intensities(vol: Volume) -> None:
@@ -301,11 +305,14 @@ def segment(
     prob_canon = _resample_slabs(work, canon) if needs_resample else prob
     del work, prob
     raw = prob_canon >= net.threshold
-    if not cfg.keep_probabilities:
-        del prob_canon  # 2 bytes a voxel no longer needed: matters on 800-slice scans
     raw_voxels = int(raw.sum())
+    # The float16 probabilities stay alive through clean_mask (counted in _CANONICAL_GRID_BYTES)
+    # so that their histogram over the final mask can be kept.
     cleaned, report = clean_mask(raw, canon.spacing, cfg.postprocess, hu=np.asarray(canon.array))
     del raw
+    histogram = probability_histogram(prob_canon, cleaned)
+    if not cfg.keep_probabilities:
+        del prob_canon  # 2 bytes a voxel no longer needed: matters on 800-slice scans
     canon_mask = canon.with_array(cleaned)
     mask = _back_to_input_grid(canon_mask, vol, "nearest")
     probabilities = None
@@ -352,8 +359,8 @@ def segment(
         "runtime_s": {k: round(v, 3) for k, v in times.items()},
         "device": cfg.device,
     }
-    for key in ("series_uid", "series_note"):  # which DICOM series was read, and why
+    for key in ("series_uid", "acquisition", "series_note"):  # which DICOM series, and why
         if key in vol.meta:
             stats["input"][key] = vol.meta[key]
-    return SegmentResult(mask, probabilities, mesh, stats, canon, canon_mask)
+    return SegmentResult(mask, probabilities, mesh, stats, canon, canon_mask, histogram)
 

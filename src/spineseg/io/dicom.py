@@ -130,6 +130,14 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
     return sorted(found, key=lambda s: (-s.n_slices, s.uid))
 
 
+def is_dicom_series_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding at least one DICOM series (never raises)."""
+    try:
+        return Path(path).is_dir() and bool(list_dicom_series(path))
+    except (InputError, OSError):
+        return False
+
+
 @dataclass(frozen=True)
 class _Slice:
     file: Path
@@ -283,17 +291,11 @@ def _sorted_positions(folder: Path, slices: list[_Slice],
     return slices, float((pos[-1] - pos[0]) / (len(pos) - 1))
 
 
-def read_dicom_series(folder: str | os.PathLike[str], *, series_uid: str | None = None,
-                      max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    """Read one DICOM series from ``folder`` (see :func:`spineseg.io.read_image`).
-
-    ``series_uid`` chooses a series, ``"UID:N"`` acquisition N of it. Without it a CT series is
-    preferred over other modalities, then the one with the most slices (``meta["series_note"]``).
-    """
-    path = Path(folder)
+def _choose_series(path: Path, series_uid: str | None
+                   ) -> tuple[DicomSeries, str | None, str]:
+    """The series (and acquisition) that ``series_uid`` names, or the default one, and the note
+    saying why when the folder holds several."""
     series = list_dicom_series(path)
-    note = ""
-    acquisition = None
     if series_uid is not None:
         uid, _, rest = series_uid.partition(":")
         acquisition = rest if ":" in series_uid else None
@@ -302,15 +304,45 @@ def read_dicom_series(folder: str | os.PathLike[str], *, series_uid: str | None 
             listing = ", ".join(f"{s.label} ({s.n_slices} slices)" for s in series)
             raise InputError(f"{path}: no DICOM series with UID {uid!r}; "
                              f"available: {listing}")
-    else:
-        chosen, why = _default_series(series)
-        if len(series) > 1:
-            others = ", ".join(f"{s.label} ({s.n_slices} slices, {s.modality or 'no modality'})"
-                               for s in series if s is not chosen)
-            note = (f"{path} holds {len(series)} DICOM series; read {chosen.label} "
-                    f"({chosen.n_slices} slices, {why}); others: {others}; "
-                    "choose one with --series UID")
-            log.warning(note)
+        return chosen, acquisition, ""
+    chosen, why = _default_series(series)
+    note = ""
+    if len(series) > 1:
+        others = ", ".join(f"{s.label} ({s.n_slices} slices, {s.modality or 'no modality'})"
+                           for s in series if s is not chosen)
+        note = (f"{path} holds {len(series)} DICOM series; read {chosen.label} "
+                f"({chosen.n_slices} slices, {why}); others: {others}; "
+                "choose one with --series UID")
+    return chosen, None, note
+
+
+def dicom_series_files(folder: str | os.PathLike[str], *,
+                       series_uid: str | None = None) -> tuple[Path, ...]:
+    """The files of the series :func:`read_dicom_series` reads, in the order of its volume's
+    slices: ``files[k]`` holds ``volume.array[k]``.
+
+    What a derived object (a DICOM-SEG) needs to reference the source images slice by slice; the
+    choice of series and every check are those of the reader, so both always agree.
+    """
+    path = Path(folder)
+    chosen, acquisition, _ = _choose_series(path, series_uid)
+    with quiet_itk():
+        headers = _one_acquisition(path, chosen, _slice_headers(chosen), acquisition)
+        slices, _ = _sorted_positions(path, headers, chosen.unreadable)
+    return tuple(s.file for s in slices)
+
+
+def read_dicom_series(folder: str | os.PathLike[str], *, series_uid: str | None = None,
+                      max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    """Read one DICOM series from ``folder`` (see :func:`spineseg.io.read_image`).
+
+    ``series_uid`` chooses a series, ``"UID:N"`` acquisition N of it. Without it a CT series is
+    preferred over other modalities, then the one with the most slices (``meta["series_note"]``).
+    """
+    path = Path(folder)
+    chosen, acquisition, note = _choose_series(path, series_uid)
+    if note:
+        log.warning(note)
     with quiet_itk():
         headers = _one_acquisition(path, chosen, _slice_headers(chosen), acquisition)
         slices, step = _sorted_positions(path, headers, chosen.unreadable)
