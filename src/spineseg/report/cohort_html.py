@@ -71,9 +71,9 @@ def _weight(row: ReportRow) -> int:
 
 
 _CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1f1f1f}
 h1{font-size:1.3em;margin:0 0 .3em}
-p.summary{margin:0 0 1em;color:#444}
+p.summary{margin:0 0 1em;color:#3f3f3f}
 table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}
 th{background:#f3f3f3;cursor:pointer;user-select:none;white-space:nowrap;position:sticky;top:0}
@@ -85,8 +85,8 @@ img{display:block;max-width:360px;height:auto}
  background:#ffe08a;font-size:.85em}
 .flag.failed,.flag.empty{background:#f8b4b4}
 tr.failed td{background:#fff4f4}
-.status-done{color:#1a7f37}.status-skipped{color:#555}.status-failed{color:#b42318}
-.msg{color:#555;font-size:.85em;max-width:32em}
+.status-done{color:#1a7f37}.status-skipped{color:#5f5f5f}.status-failed{color:#b42318}
+.msg{color:#5f5f5f;font-size:.85em;max-width:32em}
 """
 
 # Sorts the rows by the clicked column's data-key values (numbers numerically); no libraries.
