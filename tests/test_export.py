@@ -181,6 +181,16 @@ def test_seg_nrrd_has_slicer_fields_and_the_nifti_voxels_and_grid(segmented_seri
     np.testing.assert_array_equal(again.array, nifti.array)
 
 
+def test_an_empty_mask_is_a_dicom_seg_with_empty_frames(oblique_series, tmp_path):
+    import highdicom as hd
+
+    folder, ct = oblique_series
+    path = write_dicom_seg(ct.with_array(np.zeros(ct.array.shape, np.uint8)), folder,
+                           tmp_path / "e.seg.dcm")
+    seg = hd.seg.segread(path)
+    assert seg.NumberOfFrames == ct.array.shape[0] and not seg.pixel_array.any()
+
+
 def test_seg_nrrd_of_an_empty_mask_says_so(tmp_path):
     import nrrd
 

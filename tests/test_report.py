@@ -3,6 +3,7 @@ bad case raises its flag, every case has its row, re-runs keep skipped cases."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from html.parser import HTMLParser
@@ -195,6 +196,9 @@ def test_batch_writes_report_and_flags_and_rewrites_it_on_rerun(tiny_model_file,
     record = json.loads((out / "a" / "stats.json").read_text())
     assert {"statistics", "flags", "confidence"} <= set(record)
     assert parsed.flags["a"] == [f["code"] for f in record["flags"]]
+    summary = {r["case"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert summary["broken"]["flags"] == "failed"
+    assert summary["a"]["flags"] == ";".join(parsed.flags["a"])
     # a re-run skips the finished cases and still shows them, with their flags
     shutil.copy(cohort / "a.nii.gz", cohort / "c.nii.gz")
     before = report.stat().st_mtime_ns

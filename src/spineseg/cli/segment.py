@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from spineseg.inference.outputs import (
         OutputConfig,
         check_outputs,
+        read_record,
         run_settings,
         write_case_outputs,
     )
@@ -140,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
               f"({s['slices_with_spine']} slices) in {s['runtime_s']['total_s']:.1f} s")
         for path in written:
             print(f"wrote {path}")
+        for flag in (read_record(args.output) or {}).get("flags", []):
+            print(f"look at: {flag.get('code')}: {flag.get('message')}")
         return 0
 
     bars: list[tqdm] = []  # made once the batch has passed its up-front checks

@@ -346,8 +346,9 @@ def _report_rows(outcomes: list[CaseOutcome], out: Path) -> list[ReportRow]:
 def _summary_csv(outcomes: list[CaseOutcome]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case", "source", "status", "message", "spine_volume_ml", "seconds"])
+    w.writerow(["case", "source", "status", "message", "spine_volume_ml", "seconds", "flags"])
     for o in outcomes:
         w.writerow([o.case, o.source, o.status, o.message,
-                    "" if o.spine_volume_ml is None else o.spine_volume_ml, o.seconds])
+                    "" if o.spine_volume_ml is None else o.spine_volume_ml, o.seconds,
+                    ";".join(str(f.get("code", "")) for f in o.flags)])
     return buf.getvalue()
