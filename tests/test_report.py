@@ -82,6 +82,10 @@ def test_flags_for_empty_tiny_gap_and_border():
     touching = _column()
     touching.array[8:10, 5:11, 0:3] = 1  # reaches the right-left border
     assert _codes(mask_flags(touching, 50.0)) == ["border"]
+    grazing = Volume(np.zeros((40, 40, 40), np.uint8), (1.0, 1.0, 1.0))
+    grazing.array[2:38, 10:30, 10:30] = 1
+    grazing.array[20, 20, 0:10] = 1  # one voxel on the border out of 14 000: not a cut
+    assert _codes(mask_flags(grazing, 50.0)) == []
     top = _column()
     top.array[0:3] = top.array[5]  # the top of the scan: normal, not a flag
     assert _codes(mask_flags(top, 50.0)) == []
