@@ -27,9 +27,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="prepared dataset (spineseg prepare) with val and test splits")
     p.add_argument("--profile", choices=tuple(PROFILES), default="quick",
-                   help="budget: paper (GPU), converged (trains to a plateau on 2 mm grid; "
-                        "hours of CPU), quick (about an hour on 2 CPU cores), tiny (tests); "
-                        "default quick")
+                   help="budget: paper (GPU), converged (trains to a plateau on the 2 mm grid; "
+                        "many hours of CPU), quick (about an hour on 2 CPU cores), smoke "
+                        "(converged's dataset rules in minutes), tiny (tests); default quick")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the profile's)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="cpu, cuda or auto")

@@ -36,8 +36,6 @@ from spineseg.experiments.profiles import Profile, get_profile
 from spineseg.experiments.runner import (
     RESULT_FILE,
     RunnerConfig,
-    SeedResult,
-    archive_path,
     eval_device,
     run_runs,
     run_seed,
@@ -129,24 +127,6 @@ def _split_record(data: Path) -> dict[str, list[str]]:
     return {split: sorted({m.cases[c].patient for c in m.case_ids(split)}) for split in m.splits}
 
 
-def _archive(results: dict[str, list[SeedResult]], archive: Path) -> None:
-    """Keep every finished seed's result next to the tables (rewritten only when it changed)."""
-    for values in results.values():
-        for r in values:
-            path = archive_path(archive, _run_of(r.key), r.seed)
-            text = json.dumps(r.to_dict(), indent=2) + "\n"
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(path, text, overwrite=True)
-
-
-def _run_of(key: str) -> RunSpec:
-    for run in runs_of(list(TABLES.values())):
-        if run.key == key:
-            return run
-    raise InputError(f"unknown run {key!r}")
-
-
 def run_experiment(config: ExperimentConfig, progress: Progress | None = None) -> ExperimentOutcome:
     """Train, evaluate and report ``config.target`` resumably (see module doc)."""
     if config.target not in TARGETS:
@@ -176,7 +156,6 @@ def run_experiment(config: ExperimentConfig, progress: Progress | None = None) -
                                     archive=archive)
         outcome.seeds_trained += trained
         outcome.seeds_total += sum(len(v) for v in results.values())
-        _archive(results, archive)
         summaries = {k: summarize(k, v) for k, v in results.items()}
         context = ReportContext(
             command=config.command, date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -15,6 +15,8 @@ are differences between networks or losses, not between budgets.
   updates of batch 8 (1,500 updates, the same for every cell), every case equally likely, three
   seeds, and a split on real patients (:func:`check_real_patient_split`). Whether each cell's
   validation curve has flattened is measured (:mod:`.convergence`) and printed, never assumed.
+- ``smoke``: ``converged``'s dataset rules (grid, real-patient split, case sampling) at a tiny
+  budget: checks a dataset and the campaign script end to end in minutes.
 - ``tiny``: a few steps at tiny widths; exercises the whole pipeline in tests.
 """
 
@@ -197,6 +199,14 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         purpose="1,500 updates per cell at width 16 on the 2 mm grid, every case equally likely, "
                 "tested on real patients only; meant to reach the networks' plateau on 2 CPU "
                 "cores over several unattended sessions"),
+    "smoke": Profile(
+        name="smoke", patch_size=64, base_width=8, depth=4, batch_size=2, lr=1e-3,
+        epochs=5, max_steps_per_epoch=2, patience=0, lr_patience=1, lr_factor=0.5,
+        foreground_fraction=0.5, augment=True, val_batch_size=16, seeds=1,
+        schedule="plateau", sampling="case", spacing_mm=2.0, min_test_patients=3,
+        purpose="the converged profile's dataset rules at a tiny budget (5 validations, so the "
+                "plateau criterion gives a verdict), to check a dataset and the campaign script; "
+                "numbers are meaningless"),
     "tiny": Profile(
         name="tiny", patch_size=32, base_width=8, depth=2, batch_size=2, lr=1e-3,
         epochs=1, max_steps_per_epoch=2, patience=0, lr_patience=1, lr_factor=0.5,

@@ -53,6 +53,7 @@ __all__ = [
     "RunnerConfig",
     "SeedResult",
     "archive_path",
+    "archive_result",
     "eval_device",
     "finished_result",
     "patient_dice",
@@ -205,9 +206,14 @@ def eval_device(device: str) -> str:
     return device
 
 
+# Where the dataset lies may change between checkouts (archived results are committed); which
+# dataset it is, is the experiment folder's fingerprint (pipeline), checked on every call.
+_RELOCATABLE = frozenset({"data"})
+
+
 def _same_protocol(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b)
-                  if k not in RESUMABLE_OVERRIDES and a.get(k) != b.get(k))
+                  if k not in RESUMABLE_OVERRIDES | _RELOCATABLE and a.get(k) != b.get(k))
 
 
 def read_result(path: Path) -> SeedResult:
@@ -288,6 +294,15 @@ def finished_result(config: RunnerConfig, run: RunSpec, seed: int,
     return None
 
 
+def archive_result(archive: Path, run: RunSpec, result: SeedResult) -> None:
+    """Keep a finished seed's result in the archive (rewritten only when it changed)."""
+    path = archive_path(archive, run, result.seed)
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text, overwrite=True)
+
+
 @contextmanager
 def seed_lock(config: RunnerConfig, run: RunSpec, seed: int) -> Iterator[bool]:
     """Hold ``seed<k>.lock`` while training a seed; yield False if another process holds it.
@@ -319,7 +334,8 @@ def run_runs(config: RunnerConfig, runs: Sequence[RunSpec], progress: Progress |
     (seeds ascending) and how many seeds were trained now.
 
     Finished seeds are read back; seeds another process is training are left to it, and with
-    ``train_missing=False`` nothing is trained: the results are whatever has finished.
+    ``train_missing=False`` nothing is trained: the results are whatever has finished. Each
+    finished seed is copied into ``archive`` (when given) as soon as it is known.
     """
     results: dict[str, list[SeedResult]] = {}
     done_now = 0
@@ -338,6 +354,8 @@ def run_runs(config: RunnerConfig, runs: Sequence[RunSpec], progress: Progress |
                 done_now += int(worked)
         if result is not None:
             results.setdefault(run.key, []).append(result)
+            if archive is not None:
+                archive_result(archive, run, result)
     for values in results.values():
         values.sort(key=lambda r: r.seed)
     return results, done_now

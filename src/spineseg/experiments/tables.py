@@ -116,7 +116,8 @@ def split_summary(manifest: Manifest) -> tuple[str, ...]:
     for split in SPLITS:
         real = sorted({manifest.cases[c].patient for c in manifest.case_ids(split, ("real",))})
         phantoms = len({manifest.cases[c].patient for c in manifest.case_ids(split, ("phantom",))})
-        parts = [f"real patients {', '.join(real)}" if real else "no real patient"]
+        parts = [f"real patient{'s' if len(real) > 1 else ''} {', '.join(real)}" if real
+                 else "no real patient"]
         if phantoms:
             parts.append(_count(phantoms, "phantom"))
         lines.append(f"{split}: {'; '.join(parts)}")
@@ -360,19 +361,20 @@ def _convergence(results: Sequence[SeedResult] | None) -> dict[str, Any]:
     """Per cell: seeds finished, seeds whose curve met the plateau criterion, gains, updates."""
     if not results:
         return {"seeds": 0, "plateau_met": 0, "plateau_known": 0, "gains": [], "best_epochs": [],
-                "epochs": []}
+                "best_val_dsc": [], "epochs": []}
     verdicts = [r.plateau_verdict for r in results]
     return {"seeds": len(results),
             "plateau_met": sum(1 for v in verdicts if v is not None and v.met),
             "plateau_known": sum(1 for v in verdicts if v is not None),
             "gains": [None if v is None else v.gain for v in verdicts],
             "best_epochs": [r.best_epoch for r in results],
+            "best_val_dsc": [100.0 * r.best_val_dice for r in results],
             "epochs": [r.epochs_completed for r in results]}
 
 
 def _convergence_rows(table: TableSpec, results: dict[str, list[SeedResult]]) -> list[str]:
     rows = ["| cell | run | seeds finished | plateau met | gain in last fifth (DSC points) | "
-            "best epoch |", "|---|---|---|---|---|---|"]
+            "best epoch | best validation DSC (%) |", "|---|---|---|---|---|---|---|"]
     seen = set()
     for c in table.cells:
         if c.run.key in seen:
@@ -380,15 +382,16 @@ def _convergence_rows(table: TableSpec, results: dict[str, list[SeedResult]]) ->
         seen.add(c.run.key)
         conv = _convergence(results.get(c.run.key))
         if conv["seeds"] == 0:
-            rows.append(f"| {_cell_label(c)} | `{c.run.key}` | 0 | — | — | — |")
+            rows.append(f"| {_cell_label(c)} | `{c.run.key}` | 0 | — | — | — | — |")
             continue
         met = (f"{conv['plateau_met']}/{conv['seeds']}" if conv["plateau_known"] == conv["seeds"]
                else f"{conv['plateau_met']}/{conv['seeds']} ({conv['seeds'] - conv['plateau_known']}"
                     " without a curve)")
         gains = ", ".join("—" if g is None else f"{g:.2f}" for g in conv["gains"])
         best = ", ".join(str(e) for e in conv["best_epochs"])
+        val = ", ".join(f"{v:.1f}" for v in conv["best_val_dsc"])
         rows.append(f"| {_cell_label(c)} | `{c.run.key}` | {conv['seeds']} | {met} | {gains} | "
-                    f"{best} |")
+                    f"{best} | {val} |")
     return rows
 
 
@@ -425,7 +428,9 @@ def table_markdown(table: TableSpec, summaries: dict[str, CellSummary],
     if results is not None:
         lines += ["## Convergence per run", "",
                   f"Plateau criterion: {PLATEAU_CRITERION.describe()} (from each seed's "
-                  "validation curve; see curves.png). Gains and best epochs are listed per seed.",
+                  "validation curve; see curves.png). Gains, best epochs and best validation DSC "
+                  "are listed per seed: a flat curve at a low DSC is a network that stopped "
+                  "learning, not a trained one.",
                   "", *_convergence_rows(table, results), ""]
     lines += [
               "## How these numbers were made", "",
