@@ -172,6 +172,19 @@ def _show(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# Tables 1–3 trained until they stop improving, on 2 CPU cores in unattended sessions
+# (tools/run_converged_tables.sh; budget measured in docs/results/README.md). Reduce-on-
+# plateau, the paper's schedule, rather than polynomial decay: a decay to ~0 would flatten
+# every curve by construction and make the plateau criterion say nothing.
+_CONVERGED = Profile(
+    name="converged", patch_size=128, base_width=16, depth=4, batch_size=8, lr=1e-3,
+    epochs=30, max_steps_per_epoch=50, patience=0, lr_patience=3, lr_factor=0.5,
+    foreground_fraction=0.5, augment=True, val_batch_size=16, seeds=3,
+    schedule="plateau", sampling="case", spacing_mm=2.0, min_test_patients=3,
+    purpose="1,500 updates per cell at width 16 on the 2 mm grid, every case equally likely, "
+            "tested on real patients only; meant to reach the networks' plateau on 2 CPU "
+            "cores over several unattended sessions")
+
 PROFILES: Mapping[str, Profile] = MappingProxyType({
     "paper": Profile(
         name="paper", patch_size=512, base_width=32, depth=4, batch_size=16, lr=1e-3,
@@ -187,23 +200,10 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         foreground_fraction=0.5, augment=True, val_batch_size=8, seeds=1,
         purpose="the paper's protocol scaled down to finish `all` in about an hour on 2 CPU "
                 "cores; a fixed, equal budget per cell"),
-    # Tables 1–3 trained until they stop improving, on 2 CPU cores in unattended sessions
-    # (tools/run_converged_tables.sh; budget measured in docs/results/README.md). Reduce-on-
-    # plateau, the paper's schedule, rather than polynomial decay: a decay to ~0 would flatten
-    # every curve by construction and make the plateau criterion say nothing.
-    "converged": Profile(
-        name="converged", patch_size=128, base_width=16, depth=4, batch_size=8, lr=1e-3,
-        epochs=30, max_steps_per_epoch=50, patience=0, lr_patience=3, lr_factor=0.5,
-        foreground_fraction=0.5, augment=True, val_batch_size=16, seeds=3,
-        schedule="plateau", sampling="case", spacing_mm=2.0, min_test_patients=3,
-        purpose="1,500 updates per cell at width 16 on the 2 mm grid, every case equally likely, "
-                "tested on real patients only; meant to reach the networks' plateau on 2 CPU "
-                "cores over several unattended sessions"),
-    "smoke": Profile(
-        name="smoke", patch_size=64, base_width=8, depth=4, batch_size=2, lr=1e-3,
-        epochs=5, max_steps_per_epoch=2, patience=0, lr_patience=1, lr_factor=0.5,
-        foreground_fraction=0.5, augment=True, val_batch_size=16, seeds=1,
-        schedule="plateau", sampling="case", spacing_mm=2.0, min_test_patients=3,
+    "converged": _CONVERGED,
+    "smoke": dataclasses.replace(
+        _CONVERGED, name="smoke", patch_size=64, base_width=8, batch_size=2, epochs=5,
+        max_steps_per_epoch=2, lr_patience=1, seeds=1,
         purpose="the converged profile's dataset rules at a tiny budget (5 validations, so the "
                 "plateau criterion gives a verdict), to check a dataset and the campaign script; "
                 "numbers are meaningless"),
