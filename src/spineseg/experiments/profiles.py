@@ -172,7 +172,7 @@ def _show(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# Tables 1–3 trained until they stop improving, on 2 CPU cores in unattended sessions
+# Tables 1–3 trained until they stop improving, on 2 CPU cores in unattended, resumable runs
 # (tools/run_converged_tables.sh; budget measured in docs/results/README.md). Reduce-on-
 # plateau, the paper's schedule, rather than polynomial decay: a decay to ~0 would flatten
 # every curve by construction and make the plateau criterion say nothing.
@@ -183,7 +183,7 @@ _CONVERGED = Profile(
     schedule="plateau", sampling="case", spacing_mm=2.0, min_test_patients=3,
     purpose="1,500 updates per cell at width 16 on the 2 mm grid, every case equally likely, "
             "tested on real patients only; meant to reach the networks' plateau on 2 CPU "
-            "cores over several unattended sessions")
+            "cores over several unattended, resumable calls")
 
 PROFILES: Mapping[str, Profile] = MappingProxyType({
     "paper": Profile(
