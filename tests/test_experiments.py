@@ -222,6 +222,7 @@ def test_interrupted_seed_resumes_without_retraining(table2_dir: Path, dataset: 
     shutil.copytree(table2_dir, out)
     seed = out / "runs/table2/case3/seed0"
     (seed / RESULT_FILE).unlink()  # stopped after training, before evaluation finished
+    (out / "cells/table2/case3/seed0.json").unlink()  # (its archived copy never written)
     epochs_before = (seed / "metrics.csv").read_text(encoding="utf-8")
     calls = _count_train_calls(monkeypatch)
     assert main(_args("table2", dataset, out)) == 0
@@ -258,3 +259,77 @@ def test_figures(table2_dir: Path, dataset: Path, tmp_path: Path) -> None:
     for name in ("fig6.png", "fig7.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+# --------------------------------------------------------------------------- converged machinery
+
+
+def test_result_records_patients_curve_and_plateau(table2_dir: Path) -> None:
+    seed = table2_dir / "runs/table2/case2/seed0"
+    result = json.loads((seed / RESULT_FILE).read_text(encoding="utf-8"))
+    assert list(result["patient_dice"]) == ["phantom_000002"]
+    assert result["patient_dice"]["phantom_000002"] == pytest.approx(result["dsc"])  # one case
+    assert [row["epoch"] for row in result["curve"]] == [1.0]  # tiny: one epoch
+    assert result["plateau"]["met"] is False and result["plateau"]["gain"] is None  # too short
+    # The archived copy next to the tables is the same record.
+    archived = json.loads((table2_dir / "cells/table2/case2/seed0.json").read_text(encoding="utf-8"))
+    assert archived == result
+    md = (table2_dir / "table2.md").read_text(encoding="utf-8")
+    assert "## Convergence per run" in md and "| case 2 | `table2/case2` | 1 | 0/1 |" in md
+    assert "- Split by patient, fixed in the dataset before any cell was scored:" in md
+    marker = json.loads((table2_dir / "experiment.json").read_text(encoding="utf-8"))
+    assert marker["split_patients"]["test"] == ["phantom_000002"]
+
+
+def test_report_only_trains_nothing_and_tests_the_claims(table2_dir: Path, dataset: Path,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(table2_dir, out)
+    shutil.rmtree(out / "runs")  # only the archived JSON is left: tables rebuild from it
+    calls = _count_train_calls(monkeypatch)
+    assert main(_args("table1", dataset, out, "--report-only")) == 0
+    assert main(_args("curves", dataset, out)) == 0
+    assert calls == []
+    md = (out / "table1.md").read_text(encoding="utf-8")
+    # The two Dice-loss runs Table 2 shares are there; everything else is not run yet.
+    assert "Paired test, proposed vs U-Net, Dice loss: Wilcoxon signed-rank over 1 (seed, " \
+           "patient) pairs" in md and "cannot reach 0.05" in md
+    assert "| SegNet / Dice loss | `table1/segnet-dice` | 0 |" in md
+    data = (out / "curves.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_seed_locked_by_another_process_is_left_to_it(table2_dir: Path, dataset: Path,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    out = tmp_path / "copy"
+    shutil.copytree(table2_dir, out)
+    (out / "runs/table2/case5/seed0" / RESULT_FILE).unlink()
+    (out / "cells/table2/case5/seed0.json").unlink()
+    calls = _count_train_calls(monkeypatch)
+    with (out / "runs/table2/case5/seed0.lock").open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # "another process"
+        assert main(_args("table2", dataset, out)) == 0
+    assert calls == []
+    assert "| case 5 | `table2/case5` | 0 |" in (out / "table2.md").read_text(encoding="utf-8")
+
+
+def test_a_profile_that_needs_real_test_patients_refuses_phantoms(dataset: Path,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    import dataclasses
+
+    from spineseg.errors import DataError
+    from spineseg.experiments import ExperimentConfig, run_experiment
+
+    calls = _count_train_calls(monkeypatch)
+    strict = dataclasses.replace(PROFILES["tiny"], name="tiny-converged", min_test_patients=1,
+                                 spacing_mm=1.0, sampling="case")
+    with pytest.raises(DataError, match="real patients only"):
+        run_experiment(ExperimentConfig("table3", dataset, tmp_path / "o", profile=strict,
+                                        device="cpu"))
+    assert calls == [] and not (tmp_path / "o").exists()

@@ -6,6 +6,9 @@
 - Figure 7: a 3D reconstruction (marching cubes, :func:`spineseg.reconstruction.mask_to_mesh`)
   of the proposed network's prediction for a whole test patient next to the reference.
 
+- Training curves: validation DSC per epoch of every seed of every run, with the window the
+  plateau criterion judges shaded, so a reader sees how far each cell is from flat.
+
 Predictions are the raw network output thresholded at 0.5, the same masks the tables score.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +33,14 @@ from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import DataError, GeometryError
 from spineseg.evaluation.evaluate import predict_volume
 from spineseg.evaluation.metrics import paper_dsc
+from spineseg.experiments.runner import SeedResult
 from spineseg.io import Volume, atomic_path
 from spineseg.models import SegmentationNet, build_model
 from spineseg.reconstruction import MeshConfig, mask_to_mesh
 from spineseg.training.checkpoint import load_checkpoint
 
-__all__ = ["FIG6_NETWORKS", "FigureModel", "figure6", "figure7", "load_figure_model"]
+__all__ = ["FIG6_NETWORKS", "FigureModel", "figure6", "figure7", "figure_curves",
+           "load_figure_model"]
 
 # Paper's Figure 6 columns after CT and ground truth.
 FIG6_NETWORKS: tuple[str, ...] = ("segnet", "unet", "msrunet")
@@ -200,5 +206,52 @@ def figure7(data: Path, model: FigureModel, out: Path, *,
                f"{model.label} prediction (volume DSC {100 * dsc:.1f})")
     fig.suptitle("3D reconstruction of a test patient's spine (marching cubes, same view "
                  "and scale)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def figure_curves(results: Mapping[str, Sequence[SeedResult]], out: Path, *,
+                  keys: Sequence[str] | None = None, columns: int = 6) -> Path:
+    """Validation DSC (%) per epoch, one panel per run (``keys`` order), one line per seed.
+
+    The last epochs that the plateau criterion compares against the rest are shaded; a run
+    without a recorded curve (an old result) gets an empty panel saying so.
+    """
+    keys = list(keys) if keys is not None else sorted(results)
+    if not keys:
+        raise DataError("no runs to draw training curves for")
+    rows = math.ceil(len(keys) / columns)
+    fig, axes = plt.subplots(rows, min(columns, len(keys)), figsize=(2.6 * min(columns, len(keys)),
+                             2.1 * rows), dpi=110, squeeze=False, sharey=True)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        seeds = results.get(key, ())
+        met = 0
+        for r in seeds:
+            if not r.curve:
+                continue
+            epochs = [row["epoch"] for row in r.curve]
+            ax.plot(epochs, [100 * row["val_dice"] for row in r.curve], lw=1,
+                    label=f"seed {r.seed}")
+            verdict = r.plateau_verdict
+            if verdict is not None:
+                met += int(verdict.met)
+                ax.axvspan(epochs[-verdict.window_epochs] - 0.5, epochs[-1] + 0.5, color="0.9",
+                           zorder=0)
+        drawn = sum(1 for r in seeds if r.curve)
+        status = (f"plateau {met}/{drawn}" if drawn else
+                  ("no curve recorded" if seeds else "not run yet"))
+        ax.set_title(f"{key.split('/', 1)[1]} ({key.split('/')[0]})\n{status}", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_ylim(0, 100)
+        if drawn:
+            ax.legend(fontsize=5, loc="lower right")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("val DSC (%)", fontsize=7)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch", fontsize=7)
+    fig.suptitle("Validation DSC per epoch (shaded: the window the plateau criterion judges)",
+                 fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(out))

@@ -6,7 +6,9 @@ Layout under the runs folder (``DIR/runs`` by default)::
                                    + result.json: test-set metrics, the done-marker
 
 ``result.json`` is written atomically only after the evaluation finished, so it marks a finished
-seed. A re-run skips seeds that have it and calls the trainer with ``resume=True`` for the rest,
+seed. Besides the pooled metrics it holds the DSC of every test patient (for paired tests across
+cells), the validation curve from ``metrics.csv`` and the plateau verdict on it
+(:mod:`.convergence`), so tables and curves can be rebuilt from the JSON alone. A re-run skips seeds that have it and calls the trainer with ``resume=True`` for the rest,
 which continues from ``last.pt`` (or starts afresh if none was written yet); a run whose training
 had already finished resumes with nothing left to do and is only evaluated.
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,25 +31,38 @@ from typing import Any
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
 from spineseg.data.manifest import Manifest, read_manifest
 from spineseg.errors import DataError, InputError
 from spineseg.evaluation.evaluate import evaluate_model
+from spineseg.evaluation.metrics import VolumeMetrics, paper_dsc
+from spineseg.experiments.convergence import Plateau, plateau, read_curve
 from spineseg.experiments.profiles import Profile
 from spineseg.experiments.specs import RunSpec
 from spineseg.io import write_text_atomic
 from spineseg.training.config import RESUMABLE_OVERRIDES
-from spineseg.training.trainer import BEST_FILE, train
+from spineseg.training.trainer import BEST_FILE, METRICS_FILE, train
 
 __all__ = [
     "RESULT_FILE",
     "CellSummary",
     "RunnerConfig",
     "SeedResult",
+    "archive_path",
+    "archive_result",
     "eval_device",
+    "finished_result",
+    "patient_dice",
     "read_result",
     "run_runs",
     "run_seed",
+    "schedule",
     "seed_dir",
+    "seed_lock",
     "summarize",
     "test_kinds",
 ]
@@ -91,6 +107,15 @@ class SeedResult:
     train_seconds: float
     eval_seconds: float
     train_config: dict[str, Any] = field(default_factory=dict)
+    # Test patient → volume DSC (fraction); None in results written before it was recorded.
+    patient_dice: dict[str, float] | None = None
+    # Per epoch: epoch, train_loss, val_loss, val_dice, lr (metrics.csv), and the verdict on it.
+    curve: list[dict[str, float]] | None = None
+    plateau: dict[str, Any] | None = None
+
+    @property
+    def plateau_verdict(self) -> Plateau | None:
+        return Plateau.from_dict(self.plateau) if self.plateau is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,6 +184,17 @@ def test_kinds(manifest: Manifest) -> tuple[str, ...] | None:
     return None
 
 
+def patient_dice(manifest: Manifest, cases: Sequence[VolumeMetrics]) -> dict[str, float]:
+    """Volume DSC per test patient, pixel counts pooled over a patient's cases if it has several."""
+    counts: dict[str, list[int]] = {}
+    for c in cases:
+        acc = counts.setdefault(manifest.cases[c.case].patient, [0, 0, 0])
+        acc[0] += c.intersection_voxels
+        acc[1] += c.ref_voxels
+        acc[2] += c.pred_voxels
+    return {p: paper_dsc(i, r, q) for p, (i, r, q) in sorted(counts.items())}
+
+
 def seed_dir(config: RunnerConfig, run: RunSpec, seed: int) -> Path:
     return config.runs_dir / run.key / f"seed{seed}"
 
@@ -170,9 +206,14 @@ def eval_device(device: str) -> str:
     return device
 
 
+# Where the dataset lies may change between checkouts (archived results are committed); which
+# dataset it is, is the experiment folder's fingerprint (pipeline), checked on every call.
+_RELOCATABLE = frozenset({"data"})
+
+
 def _same_protocol(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b)
-                  if k not in RESUMABLE_OVERRIDES and a.get(k) != b.get(k))
+                  if k not in RESUMABLE_OVERRIDES | _RELOCATABLE and a.get(k) != b.get(k))
 
 
 def read_result(path: Path) -> SeedResult:
@@ -189,12 +230,8 @@ def run_seed(config: RunnerConfig, run: RunSpec, seed: int,
     tc = config.profile.train_config(run, data=str(config.data), out=str(folder), seed=seed,
                                      device=config.device)
     marker = folder / RESULT_FILE
-    if marker.is_file():
-        done = read_result(marker)
-        diff = _same_protocol(done.train_config, tc.to_dict())
-        if diff:
-            raise InputError(f"{folder}: finished with different settings ({', '.join(diff)}); "
-                             "use another output folder for another profile or dataset")
+    done = finished_result(config, run, seed)
+    if done is not None:
         return done, False
     manifest = read_manifest(config.data)
     kinds = test_kinds(manifest)
@@ -207,6 +244,7 @@ def run_seed(config: RunnerConfig, run: RunSpec, seed: int,
     ev = evaluate_model(folder / BEST_FILE, config.data, "test",
                         device=eval_device(config.device),
                         batch_size=config.profile.val_batch_size, kinds=kinds)
+    curve = read_curve(folder / METRICS_FILE)
     result = SeedResult(
         key=run.key, seed=seed, dsc=ev.pooled.dsc, iou=ev.pooled.iou,
         mean_slice_dice=ev.pooled.mean_slice_dice,
@@ -215,22 +253,109 @@ def run_seed(config: RunnerConfig, run: RunSpec, seed: int,
         epochs_completed=trained.epochs_completed, best_epoch=trained.best_epoch,
         best_val_dice=trained.best_val_dice,
         train_seconds=float(sum(h["seconds"] for h in trained.history)),
-        eval_seconds=time.perf_counter() - t0, train_config=tc.to_dict())
+        eval_seconds=time.perf_counter() - t0, train_config=tc.to_dict(),
+        patient_dice=patient_dice(manifest, ev.cases), curve=curve,
+        plateau=plateau([row["val_dice"] for row in curve]).to_dict())
     write_text_atomic(marker, json.dumps(result.to_dict(), indent=2) + "\n", overwrite=True)
     return result, True
 
 
-def run_runs(config: RunnerConfig, runs: Sequence[RunSpec],
-             progress: Progress | None = None) -> tuple[dict[str, list[SeedResult]], int]:
-    """Run every seed of every run (skipping finished ones); return results and seeds trained."""
+def schedule(runs: Sequence[RunSpec], seeds: int) -> list[tuple[RunSpec, int]]:
+    """Training order: seed 0 of every run first, then seed 1, …
+
+    A campaign stopped part-way then leaves whole tables at fewer seeds rather than a few cells
+    at every seed.
+    """
+    return [(run, seed) for seed in range(seeds) for run in runs]
+
+
+def archive_path(archive: Path, run: RunSpec, seed: int) -> Path:
+    """Where a finished seed's ``result.json`` is kept next to the tables (``cells/``)."""
+    return Path(archive) / run.key / f"seed{seed}.json"
+
+
+def finished_result(config: RunnerConfig, run: RunSpec, seed: int,
+                    archive: Path | None = None) -> SeedResult | None:
+    """The recorded result of a seed (its run folder first, then the archive), or None.
+
+    A result made under other settings is refused: the folders belong to one protocol.
+    """
+    for path in (seed_dir(config, run, seed) / RESULT_FILE,
+                 archive_path(archive, run, seed) if archive is not None else None):
+        if path is not None and path.is_file():
+            done = read_result(path)
+            tc = config.profile.train_config(run, data=str(config.data), out="", seed=seed,
+                                             device=config.device)
+            diff = _same_protocol(done.train_config, tc.to_dict())
+            if diff:
+                raise InputError(f"{path}: finished with different settings ({', '.join(diff)}); "
+                                 "use another output folder for another profile or dataset")
+            return done
+    return None
+
+
+def archive_result(archive: Path, run: RunSpec, result: SeedResult) -> None:
+    """Keep a finished seed's result in the archive (rewritten only when it changed)."""
+    path = archive_path(archive, run, result.seed)
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text, overwrite=True)
+
+
+@contextmanager
+def seed_lock(config: RunnerConfig, run: RunSpec, seed: int) -> Iterator[bool]:
+    """Hold ``seed<k>.lock`` while training a seed; yield False if another process holds it.
+
+    An OS file lock (released when its process dies, so a killed campaign leaves nothing
+    stale) lets several ``experiment`` processes share one runs folder, one seed each.
+    """
+    path = config.runs_dir / run.key / f"seed{seed}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        if fcntl is None:  # no advisory locks on this platform: one process per runs folder
+            yield True
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def run_runs(config: RunnerConfig, runs: Sequence[RunSpec], progress: Progress | None = None,
+             *, train_missing: bool = True,
+             archive: Path | None = None) -> tuple[dict[str, list[SeedResult]], int]:
+    """Run every seed of every run in :func:`schedule` order; return finished results by run
+    (seeds ascending) and how many seeds were trained now.
+
+    Finished seeds are read back; seeds another process is training are left to it, and with
+    ``train_missing=False`` nothing is trained: the results are whatever has finished. Each
+    finished seed is copied into ``archive`` (when given) as soon as it is known.
+    """
     results: dict[str, list[SeedResult]] = {}
     done_now = 0
-    total = len(runs) * config.seeds
-    for i, run in enumerate(runs):
-        for seed in range(config.seeds):
-            if progress:
-                progress(f"[{i * config.seeds + seed + 1}/{total}] {run.key} seed {seed}")
-            result, worked = run_seed(config, run, seed, progress)
+    order = schedule(runs, config.seeds)
+    for i, (run, seed) in enumerate(order):
+        result = finished_result(config, run, seed, archive)
+        if result is None and train_missing:
+            with seed_lock(config, run, seed) as mine:
+                if not mine:
+                    if progress:
+                        progress(f"{run.key} seed {seed}: being trained by another process")
+                    continue
+                if progress:
+                    progress(f"[{i + 1}/{len(order)}] {run.key} seed {seed}")
+                result, worked = run_seed(config, run, seed, progress)
+                done_now += int(worked)
+        if result is not None:
             results.setdefault(run.key, []).append(result)
-            done_now += int(worked)
+            if archive is not None:
+                archive_result(archive, run, result)
+    for values in results.values():
+        values.sort(key=lambda r: r.seed)
     return results, done_now

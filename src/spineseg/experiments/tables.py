@@ -2,7 +2,10 @@
 
 The reading is generated, never written by hand: rankings compared with Kendall's τ, paired
 differences in DSC points next to the paper's, and each difference set against the seed spread
-(√(SD₁² + SD₂²)), so a reader sees at once which of the paper's claims the numbers support.
+(√(SD₁² + SD₂²)), so a reader sees at once which of the paper's claims the numbers support. The
+claims that matter most (proposed vs U-Net, the attention and multi-scale ablations) also get a
+paired test over seeds × test patients, and every cell states whether its validation curve met
+the plateau criterion.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from scipy.stats import kendalltau
 
 from spineseg import __version__
 from spineseg.data.manifest import SPLITS, Manifest
+from spineseg.errors import InputError
+from spineseg.experiments.convergence import PLATEAU_CRITERION, PairedTest, paired_test
 from spineseg.experiments.profiles import Profile
-from spineseg.experiments.runner import CellSummary
+from spineseg.experiments.runner import CellSummary, SeedResult
 from spineseg.experiments.specs import (
     LOSS_LABELS,
     LOSSES,
@@ -36,10 +41,13 @@ from spineseg.experiments.specs import (
 from spineseg.io import write_text_atomic
 
 __all__ = [
+    "PAIRED_CLAIMS",
     "ReportContext",
+    "claim_tests",
     "dataset_summary",
     "hardware_summary",
     "reading",
+    "split_summary",
     "table_json",
     "table_markdown",
 ]
@@ -58,6 +66,7 @@ class ReportContext:
     test_cases: tuple[str, ...]
     test_note: str
     train_slices: int
+    split: tuple[str, ...] = ()
 
 
 def hardware_summary(device: str) -> str:
@@ -93,6 +102,25 @@ def dataset_summary(manifest: Manifest, root: Path) -> tuple[str, ...]:
         lines.append(f"{split}: {_count(len(ids), 'case')} ({kind_text}; "
                      f"{_count(len(patients), 'patient')}, {_count(slices, 'slice')})"
                      f"{': ' + shown if ids else ''}")
+    return tuple(lines)
+
+
+def split_summary(manifest: Manifest) -> tuple[str, ...]:
+    """Which patients are in which split, real and phantom counted apart (printed in the tables).
+
+    The split is part of the dataset (``spineseg prepare --val/--test``) and its fingerprint is
+    recorded in the experiment folder before the first cell trains, so it cannot move once
+    scores exist.
+    """
+    lines = []
+    for split in SPLITS:
+        real = sorted({manifest.cases[c].patient for c in manifest.case_ids(split, ("real",))})
+        phantoms = len({manifest.cases[c].patient for c in manifest.case_ids(split, ("phantom",))})
+        parts = [f"real patient{'s' if len(real) > 1 else ''} {', '.join(real)}" if real
+                 else "no real patient"]
+        if phantoms:
+            parts.append(_count(phantoms, "phantom"))
+        lines.append(f"{split}: {'; '.join(parts)}")
     return tuple(lines)
 
 
@@ -269,21 +297,118 @@ def _reading_rows(table: TableSpec, s: dict[str, CellSummary], reference: str) -
     return [line for line in out if line]
 
 
-def reading(table: TableSpec, summaries: dict[str, CellSummary]) -> list[str]:
-    """Bullet lines comparing our rankings and differences with the paper's (computed)."""
+# The paired claims: (cell A, cell B, what A − B measures). Table 3's case 1 drops the channel
+# attention, case 2 the multi-scale hierarchy, case 3 is the full unit.
+PAIRED_CLAIMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "table1": (("msrunet-dice", "unet-dice", "proposed vs U-Net, Dice loss"),),
+    "table3": (("case3", "case1", "channel attention (case 3 − case 1)"),
+               ("case3", "case2", "multi-scale hierarchy (case 3 − case 2)")),
+}
+
+
+def _by_seed(results: Sequence[SeedResult]) -> dict[int, dict[str, float]]:
+    """seed → {test patient: DSC}; results that predate per-patient DSC use their per-case DSC."""
+    return {r.seed: dict(r.patient_dice if r.patient_dice is not None else r.case_dice)
+            for r in results}
+
+
+def claim_tests(table: TableSpec,
+                results: dict[str, list[SeedResult]]) -> list[tuple[str, PairedTest | None]]:
+    """The paired test of each of the table's claims; None where a cell has no result yet."""
+    out: list[tuple[str, PairedTest | None]] = []
+    for a, b, label in PAIRED_CLAIMS.get(table.name, ()):
+        ra, rb = results.get(table.cell(a).run.key), results.get(table.cell(b).run.key)
+        test = None
+        if ra and rb:
+            try:
+                test = paired_test(_by_seed(ra), _by_seed(rb))
+            except InputError:
+                test = None
+        out.append((label, test))
+    return out
+
+
+def _claim_lines(table: TableSpec, results: dict[str, list[SeedResult]]) -> list[str]:
+    lines = []
+    for label, test in claim_tests(table, results):
+        if test is None:
+            lines.append(f"- Paired test, {label}: not yet run (a cell has no finished seed).")
+            continue
+        verdict = ("no evidence of a difference" if test.p is None or test.p >= 0.05 else
+                   f"A {'better' if test.median_diff > 0 else 'worse'} at the 5 % level")
+        lines.append(f"- Paired test, {label}: {test.describe()} — {verdict}.")
+    return lines
+
+
+def reading(table: TableSpec, summaries: dict[str, CellSummary],
+            results: dict[str, list[SeedResult]] | None = None) -> list[str]:
+    """Bullet lines comparing our rankings and differences with the paper's (computed).
+
+    With per-seed ``results``, the table's paired claims (:data:`PAIRED_CLAIMS`) are tested too.
+    """
     if table.name == "table1":
-        return _reading_table1(table, summaries)
-    if table.name == "table2":
-        return _reading_rows(table, summaries, reference="case1")
-    return _reading_rows(table, summaries, reference="case3")
+        lines = _reading_table1(table, summaries)
+    elif table.name == "table2":
+        lines = _reading_rows(table, summaries, reference="case1")
+    else:
+        lines = _reading_rows(table, summaries, reference="case3")
+    if results is not None:
+        lines += _claim_lines(table, results)
+    return lines
+
+
+def _convergence(results: Sequence[SeedResult] | None) -> dict[str, Any]:
+    """Per cell: seeds finished, seeds whose curve met the plateau criterion, gains, updates."""
+    if not results:
+        return {"seeds": 0, "plateau_met": 0, "plateau_known": 0, "gains": [], "best_epochs": [],
+                "best_val_dsc": [], "epochs": []}
+    verdicts = [r.plateau_verdict for r in results]
+    return {"seeds": len(results),
+            "plateau_met": sum(1 for v in verdicts if v is not None and v.met),
+            "plateau_known": sum(1 for v in verdicts if v is not None),
+            "gains": [None if v is None else v.gain for v in verdicts],
+            "best_epochs": [r.best_epoch for r in results],
+            "best_val_dsc": [100.0 * r.best_val_dice for r in results],
+            "epochs": [r.epochs_completed for r in results]}
+
+
+def _convergence_rows(table: TableSpec, results: dict[str, list[SeedResult]]) -> list[str]:
+    rows = ["| cell | run | seeds finished | plateau met | gain in last fifth (DSC points) | "
+            "best epoch | best validation DSC (%) |", "|---|---|---|---|---|---|---|"]
+    seen = set()
+    for c in table.cells:
+        if c.run.key in seen:
+            continue
+        seen.add(c.run.key)
+        conv = _convergence(results.get(c.run.key))
+        if conv["seeds"] == 0:
+            rows.append(f"| {_cell_label(c)} | `{c.run.key}` | 0 | — | — | — | — |")
+            continue
+        met = (f"{conv['plateau_met']}/{conv['seeds']}" if conv["plateau_known"] == conv["seeds"]
+               else f"{conv['plateau_met']}/{conv['seeds']} ({conv['seeds'] - conv['plateau_known']}"
+                    " without a curve)")
+        gains = ", ".join("—" if g is None else f"{g:.2f}" for g in conv["gains"])
+        best = ", ".join(str(e) for e in conv["best_epochs"])
+        val = ", ".join(f"{v:.1f}" for v in conv["best_val_dsc"])
+        rows.append(f"| {_cell_label(c)} | `{c.run.key}` | {conv['seeds']} | {met} | {gains} | "
+                    f"{best} | {val} |")
+    return rows
+
+
+def _cell_label(cell: Cell) -> str:
+    cols = dict(cell.columns)
+    if "case" in cols:
+        return f"case {cols['case']}"
+    return " / ".join(cols.values())
 
 
 # --------------------------------------------------------------------------- documents
 
 
 def table_markdown(table: TableSpec, summaries: dict[str, CellSummary],
-                   context: ReportContext) -> str:
-    """The full Markdown page of one table."""
+                   context: ReportContext,
+                   results: dict[str, list[SeedResult]] | None = None) -> str:
+    """The full Markdown page of one table (with ``results``: paired tests and convergence)."""
     p = context.profile
     seeds = (f"mean ± sample SD (ddof = 1) over {context.seeds} seeds (0…{context.seeds - 1})"
              if context.seeds > 1 else "one seed (0): no spread")
@@ -299,7 +424,15 @@ def table_markdown(table: TableSpec, summaries: dict[str, CellSummary],
     if notes:
         lines += ["", "Shared runs and mappings:", *notes]
     lines += ["", "## Reading (computed from the numbers above)", "",
-              *reading(table, summaries), "",
+              *reading(table, summaries, results), ""]
+    if results is not None:
+        lines += ["## Convergence per run", "",
+                  f"Plateau criterion: {PLATEAU_CRITERION.describe()} (from each seed's "
+                  "validation curve; see curves.png). Gains, best epochs and best validation DSC "
+                  "are listed per seed: a flat curve at a low DSC is a network that stopped "
+                  "learning, not a trained one.",
+                  "", *_convergence_rows(table, results), ""]
+    lines += [
               "## How these numbers were made", "",
               f"- Command: `{context.command}`",
               f"- Date: {context.date}",
@@ -317,6 +450,9 @@ def table_markdown(table: TableSpec, summaries: dict[str, CellSummary],
     diffs = p.differences_from_paper()
     if diffs:
         lines.append("- Scaled down from the paper's protocol: " + "; ".join(diffs) + ".")
+    if context.split:
+        lines.append("- Split by patient, fixed in the dataset before any cell was scored:")
+        lines += [f"  - {line}" for line in context.split]
     lines += [f"- Test set: {', '.join(context.test_cases)} ({context.test_note}); whole "
               "slices, no post-processing; DSC = 2|G∩P|/(|G|+|P|) and IoU = |G∩P|/|G∪P| with "
               "the counts summed over all test slices (the paper's formulas, pooled).",
@@ -325,29 +461,42 @@ def table_markdown(table: TableSpec, summaries: dict[str, CellSummary],
 
 
 def table_json(table: TableSpec, summaries: dict[str, CellSummary],
-               context: ReportContext) -> dict[str, Any]:
+               context: ReportContext,
+               results: dict[str, list[SeedResult]] | None = None) -> dict[str, Any]:
     """Machine-readable companion of :func:`table_markdown` (min–max included)."""
     cells = []
     for c in table.cells:
         s = summaries.get(c.run.key)
+        extra: dict[str, Any] = {}
+        if results is not None:
+            extra["convergence"] = _convergence(results.get(c.run.key))
+            extra["patient_dsc_by_seed"] = {str(k): v for k, v in
+                                            _by_seed(results.get(c.run.key, [])).items()}
         cells.append({"cell": c.name, "run": c.run.key, "model": c.run.model,
                       "loss": c.run.loss, "model_config": c.run.config_dict(),
                       "columns": dict(c.columns), "paper_dsc": c.paper_dsc,
                       "paper_iou": c.paper_iou, "paper_scale": "percent" if table.percent
                       else "fraction", "ours_percent": s.to_dict() if s else None,
-                      "note": c.note})
-    return {"table": table.name, "title": table.title, "command": context.command,
-            "date": context.date, "hardware": context.hardware, "profile": context.profile.name,
-            "seeds": context.seeds, "test_cases": list(context.test_cases),
-            "cells": cells, "reading": reading(table, summaries)}
+                      "note": c.note, **extra})
+    doc: dict[str, Any] = {
+        "table": table.name, "title": table.title, "command": context.command,
+        "date": context.date, "hardware": context.hardware, "profile": context.profile.name,
+        "seeds": context.seeds, "test_cases": list(context.test_cases),
+        "split": list(context.split), "cells": cells,
+        "reading": reading(table, summaries, results)}
+    if results is not None:
+        doc["plateau_criterion"] = PLATEAU_CRITERION.describe()
+        doc["paired_tests"] = [{"claim": label, "test": None if t is None else t.to_dict()}
+                               for label, t in claim_tests(table, results)]
+    return doc
 
 
 def write_table(table: TableSpec, summaries: dict[str, CellSummary], context: ReportContext,
-                out_dir: Path) -> list[Path]:
+                out_dir: Path, results: dict[str, list[SeedResult]] | None = None) -> list[Path]:
     """Write ``<table>.md`` and ``<table>.json`` into ``out_dir`` (replacing earlier versions)."""
     md = write_text_atomic(out_dir / f"{table.name}.md",
-                           table_markdown(table, summaries, context), overwrite=True)
+                           table_markdown(table, summaries, context, results), overwrite=True)
     js = write_text_atomic(out_dir / f"{table.name}.json",
-                           json.dumps(table_json(table, summaries, context), indent=2) + "\n",
-                           overwrite=True)
+                           json.dumps(table_json(table, summaries, context, results),
+                                      indent=2) + "\n", overwrite=True)
     return [md, js]
