@@ -1,14 +1,16 @@
 """spineseg: fully automatic spine segmentation in CT and 3D reconstruction.
 
 ``spineseg.segment(image, model=None, config=None, progress=None)`` is the notebook entry point
-(``image``: a path, a DICOM folder, a :class:`Volume`, a SimpleITK or a nibabel image). The
+(``image``: a path, a DICOM folder, a :class:`Volume`, a SimpleITK or a nibabel image);
+``spineseg.label_vertebrae(ct, mask)`` names and measures the vertebrae of a spine mask. The
 public names are imported on first use, so ``import spineseg`` (and the CLI's ``--help``) stays
 fast.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["SegmentConfig", "SegmentResult", "Volume", "segment"]
+__all__ = ["SegmentConfig", "SegmentResult", "VertebraeResult", "Volume", "label_vertebrae",
+           "segment"]
 
 # public name -> the module that defines it
 _LAZY = {
@@ -16,6 +18,8 @@ _LAZY = {
     "SegmentResult": "spineseg.inference.api",
     "SegmentConfig": "spineseg.inference.pipeline",
     "Volume": "spineseg.io.volume",
+    "label_vertebrae": "spineseg.vertebrae.analysis",
+    "VertebraeResult": "spineseg.vertebrae.analysis",
 }
 
 

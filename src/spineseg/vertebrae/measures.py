@@ -74,19 +74,29 @@ def _axes(inst: Instances, k: int, spacing: np.ndarray) -> tuple[np.ndarray, np.
     return t, a  # type: ignore[return-value]
 
 
-def _heights(body: np.ndarray, origin: np.ndarray, spacing: np.ndarray, t: np.ndarray,
-             a: np.ndarray, cfg: MeasureConfig) -> tuple[float, float, float] | None:
+def _heights(body: np.ndarray, whole: np.ndarray, origin: np.ndarray, spacing: np.ndarray,
+             t: np.ndarray, a: np.ndarray, cfg: MeasureConfig
+             ) -> tuple[float, float, float] | None:
+    """Anterior, middle, posterior height (mm) on the mid-sagittal slab of the body.
+
+    The body (``body``, opened, so its corners are rounded) gives the centre and the depth;
+    the heights are read on the whole vertebra (``whole``, same box), whose endplate corners are
+    intact: on the mid-sagittal plane only the body lies within the body's depth.
+    """
     pts = (np.argwhere(body) + origin) * spacing
     if len(pts) < 10:
         return None
-    rel = pts - pts.mean(axis=0)
+    centre = pts.mean(axis=0)
     lateral = np.cross(t, a)
-    s, u, w = rel @ t, rel @ a, rel @ lateral
-    slab = np.abs(w) <= max(cfg.slab_mm, 0.6 * float(np.abs(lateral) @ spacing))
-    if slab.sum() < 10:
+    half = max(cfg.slab_mm, 0.6 * float(np.abs(lateral) @ spacing))
+    rel = pts - centre
+    u = (rel @ a)[np.abs(rel @ lateral) <= half]
+    if u.size < 10:
         return None
-    s, u = s[slab], u[slab]
     u0, u1 = np.percentile(u, [1, 99])
+    rel = (np.argwhere(whole) + origin) * spacing - centre
+    keep = np.abs(rel @ lateral) <= half
+    s, u = (rel @ t)[keep], (rel @ a)[keep]
     band = max(cfg.band_mm, 0.6 * float(np.abs(a) @ spacing))
     voxel_t = float(np.abs(t) @ spacing)  # a voxel's length along the height axis
     out = []
@@ -127,7 +137,8 @@ def measure_vertebrae(ct: np.ndarray, inst: Instances, spacing_xyz: tuple[float,
             body_partial = any(s.start == 0 or s.stop == n for s, n in zip(bo, shape, strict=True))
             if not body_partial:
                 t, a = _axes(inst, k, spacing)
-                heights = _heights(body, np.array([s.start for s in bo]), spacing, t, a, cfg)
+                heights = _heights(inst.bodies[o] == k, part, np.array([s.start for s in o]),
+                                   spacing, t, a, cfg)
         m = VertebraMeasures(
             instance=k, volume_ml=float(part.sum()) * voxel_ml,
             centroid_voxel_zyx=tuple(float(v) for v in inst.centroids[k - 1]),  # type: ignore[arg-type]
