@@ -179,3 +179,11 @@ def test_public_api_exports_label_vertebrae():
     import spineseg
 
     assert spineseg.label_vertebrae is label_vertebrae
+
+
+def test_segment_vertebrae_refuses_a_folder_of_cases(tmp_path, capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "a.nii.gz").write_bytes(b"")
+    assert main(["segment", str(cases), "-o", str(tmp_path / "o"), "--vertebrae"]) == 3
+    assert "single CT" in capsys.readouterr().err

@@ -126,11 +126,13 @@ def _on_grid(vol: Volume, reference: Volume, interpolation: str, what: str) -> n
 
 
 def label_vertebrae(ct: Volume, mask: Volume, probabilities: Volume | None = None,
-                    config: VertebraeConfig | None = None) -> VertebraeResult:
+                    config: VertebraeConfig | None = None, *,
+                    output_grid: Volume | None = None) -> VertebraeResult:
     """Split ``mask`` into vertebrae, name them from anchors in ``ct`` and measure them.
 
     ``mask`` is a binary spine mask (any non-zero voxel is spine) on any grid overlapping the
     CT; ``probabilities`` (the network's, optional) restrict body cores to confident voxels.
+    The label map comes back on ``output_grid`` (default: the CT's own grid).
     Raises :class:`InputError` for an empty mask, :class:`GeometryError` when it misses the CT.
     """
     cfg = config or VertebraeConfig()
@@ -158,8 +160,9 @@ def label_vertebrae(ct: Volume, mask: Volume, probabilities: Volume | None = Non
         lps = voxel_to_physical(canon, xyz)[0]
         vertebrae.append(Vertebra(lev, mea, (float(lps[0]), float(lps[1]), float(lps[2]))))
     canon_labels = canon.with_array(value[inst.labels])
-    back = reorient(canon_labels, ct.orientation)
-    labels = ct.with_array(back.array) if back.same_grid(ct) else resample_to(
-        canon_labels, ct, interpolation="nearest")
+    target = output_grid if output_grid is not None else ct
+    back = reorient(canon_labels, target.orientation)
+    labels = target.with_array(back.array) if back.same_grid(target) else resample_to(
+        canon_labels, target, interpolation="nearest")
     labels.meta.pop("source", None)
     return VertebraeResult(labels, vertebrae, report, canon, canon_labels, cfg)

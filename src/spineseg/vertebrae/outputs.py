@@ -150,8 +150,8 @@ def write_vertebrae_files(result: VertebraeResult, folder: str | os.PathLike[str
 
 
 def planned_names(mesh: bool, preview: bool) -> list[str]:
-    names = [LABELS, TABLE, CSV, STATS]
-    return names + ([MESH] if mesh else []) + ([PREVIEW] if preview else [])
+    """The files a set holds, ``stats.json`` last (segment writes its own)."""
+    return [LABELS, TABLE, CSV, *([MESH] if mesh else []), *([PREVIEW] if preview else []), STATS]
 
 
 def check_vertebrae_outputs(outdir: Path, mesh: bool, preview: bool, overwrite: bool,
