@@ -104,8 +104,30 @@ def _heights(body: np.ndarray, whole: np.ndarray, origin: np.ndarray, spacing: n
         sel = np.abs(u - (u0 + f * (u1 - u0))) <= band
         if sel.sum() < 2:
             return None
-        out.append(float(s[sel].max() - s[sel].min()) + voxel_t)
+        out.append(_run_through_centre(s[sel], voxel_t))
     return out[0], out[1], out[2]
+
+
+def _run_through_centre(s: np.ndarray, step: float) -> float:
+    """Length of the unbroken stretch of occupied ``step``-bins through s = 0 (the body centre).
+
+    Not max - min: a piece of the same vertebra beyond a gap (an articular process reaching into
+    the band on a tilted plane) would be counted as body height.
+    """
+    bins = np.floor(s / step).astype(int)
+    occupied = np.zeros(bins.max() - bins.min() + 1, dtype=bool)
+    occupied[bins - bins.min()] = True
+    centre = int(np.clip(-bins.min(), 0, occupied.size - 1))
+    if not occupied[centre]:
+        centre = int(np.flatnonzero(occupied)[np.argmin(np.abs(np.flatnonzero(occupied) - centre))])
+    lo = centre
+    while lo > 0 and occupied[lo - 1]:
+        lo -= 1
+    hi = centre
+    while hi < occupied.size - 1 and occupied[hi + 1]:
+        hi += 1
+    inside = s[(bins - bins.min() >= lo) & (bins - bins.min() <= hi)]
+    return float(inside.max() - inside.min()) + step  # centres' spread plus one voxel
 
 
 def measure_vertebrae(ct: np.ndarray, inst: Instances, spacing_xyz: tuple[float, float, float],
@@ -134,7 +156,10 @@ def measure_vertebrae(ct: np.ndarray, inst: Instances, spacing_xyz: tuple[float,
                 values = np.asarray(ct[bo], dtype=np.float64)[core]
                 mean, median = float(values.mean()), float(np.median(values))
                 core_ml = float(core.sum()) * voxel_ml
-            body_partial = any(s.start == 0 or s.stop == n for s, n in zip(bo, shape, strict=True))
+            # The opened body stops short of a cut face by up to its rounding: allow 3 mm.
+            gap = np.maximum(1, np.ceil(3.0 / spacing)).astype(int)
+            body_partial = any(s.start < g or s.stop > n - g
+                               for s, n, g in zip(bo, shape, gap, strict=True))
             if not body_partial:
                 t, a = _axes(inst, k, spacing)
                 heights = _heights(inst.bodies[o] == k, part, np.array([s.start for s in o]),
