@@ -2,14 +2,16 @@
 
 ``spineseg.segment(image, model=None, config=None, progress=None)`` is the notebook entry point
 (``image``: a path, a DICOM folder, a :class:`Volume`, a SimpleITK or a nibabel image);
-``spineseg.mask_statistics(ct, mask)`` measures an existing mask. The
+``spineseg.mask_statistics(ct, mask)`` measures an existing mask and
+``spineseg.label_vertebrae(ct, mask)`` names and measures its vertebrae. The
 public names are imported on first use, so ``import spineseg`` (and the CLI's ``--help``) stays
 fast.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["SegmentConfig", "SegmentResult", "Volume", "mask_statistics", "segment"]
+__all__ = ["SegmentConfig", "SegmentResult", "VertebraeResult", "Volume", "label_vertebrae",
+           "mask_statistics", "segment"]
 
 # public name -> the module that defines it
 _LAZY = {
@@ -18,6 +20,8 @@ _LAZY = {
     "SegmentResult": "spineseg.inference.api",
     "SegmentConfig": "spineseg.inference.pipeline",
     "Volume": "spineseg.io.volume",
+    "label_vertebrae": "spineseg.vertebrae.analysis",
+    "VertebraeResult": "spineseg.vertebrae.analysis",
 }
 
 

@@ -36,6 +36,7 @@ EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool stopped by SIGPIP
 # module registers under its name. A command is listed here only once it works.
 COMMANDS: dict[str, str] = {
     "segment": "segment the spine in a CT (file, DICOM folder or cohort)",
+    "vertebrae": "split a spine mask into named vertebrae with volume, HU and heights",
     "info": "show an image's grid, orientation, intensity range and whether it looks like CT",
     "stats": "voxel count, volume, bounding box, mean/median HU and flags of an existing mask",
     "demo": "segment a synthetic CT (DICOM) end to end and print its Dice",

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "3D Slicer); repeat or comma-separate, e.g. dicom-seg,seg-nrrd")
     p.add_argument("--probabilities", action="store_true", help="also write spine_prob.nii.gz")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument("--vertebrae", action="store_true",
+                   help="also split the mask into named vertebrae (vertebrae.nii.gz, .json, "
+                        ".csv, .ply, vertebrae_preview.png; see docs/vertebrae.md)")
     p.add_argument("--no-postprocess", action="store_true",
                    help="keep every thresholded voxel (no island removal)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
@@ -76,6 +79,20 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _vertebrae(res):  # type: ignore[no-untyped-def]
+    """Named vertebrae of a segmentation, or None (with a warning) when the mask is empty."""
+    import logging
+
+    from spineseg.vertebrae.analysis import label_vertebrae
+
+    try:
+        return label_vertebrae(res.canonical_ct, res.canonical_mask, res.probabilities,
+                               output_grid=res.mask)
+    except InputError as exc:
+        logging.getLogger("spineseg.vertebrae").warning("no vertebrae: %s", exc)
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from spineseg.export import check_output_types, parse_output_types
     from spineseg.inference.batch import is_dicom_folder, segment_batch
@@ -108,8 +125,12 @@ def run(args: argparse.Namespace) -> int:
     mesh_fmt = None if args.mesh == "none" else args.mesh
     ocfg = OutputConfig(mesh_format=mesh_fmt, probabilities=args.probabilities,
                         preview=not args.no_preview, overwrite=args.overwrite,
-                        output_types=parse_output_types(args.output_type))
+                        output_types=parse_output_types(args.output_type),
+                        vertebrae=args.vertebrae)
     batch = src.is_dir() and not is_dicom_folder(src)
+    if batch and args.vertebrae:
+        raise InputError("--vertebrae works on a single CT; run 'spineseg vertebrae' on each "
+                         "case's spine.nii.gz for a folder of cases")
     if not batch and shard != (0, 1):
         raise InputError(f"--shard {args.shard} splits a folder of cases; {src} is a single CT")
     if not batch:
@@ -135,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
         with claim_output_folder(args.output):
             check_outputs(args.output, ocfg, [src])
             res = segment(src, model, cfg)
-            written = write_case_outputs(res, args.output, ocfg, run_settings(model, cfg, ocfg))
+            vertebrae = _vertebrae(res) if args.vertebrae else None
+            written = write_case_outputs(res, args.output, ocfg, run_settings(model, cfg, ocfg),
+                                         vertebrae)
         s = res.stats
         print(f"spine: {s['spine_volume_ml']:.1f} mL over {s['craniocaudal_extent_mm']:.0f} mm "
               f"({s['slices_with_spine']} slices) in {s['runtime_s']['total_s']:.1f} s")

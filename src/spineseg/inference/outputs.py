@@ -36,11 +36,14 @@ from spineseg.inference.preview import save_preview
 from spineseg.io import write_image, write_text_atomic
 from spineseg.io.mesh import MESH_FORMATS, write_mesh
 from spineseg.report import case_quality
+from spineseg.vertebrae import outputs as vertebra_outputs
+from spineseg.vertebrae.analysis import VertebraeResult
 
 STATS = "stats.json"
 #: Every name spineseg writes into a case folder: the only files an overwrite may remove.
 OUTPUT_NAMES = frozenset({"spine.nii.gz", "spine_prob.nii.gz", "preview.png", STATS,
-                          *(f"spine.{fmt}" for fmt in MESH_FORMATS), *OUTPUT_FILES.values()})
+                          *(f"spine.{fmt}" for fmt in MESH_FORMATS), *OUTPUT_FILES.values(),
+                          *vertebra_outputs.VERTEBRAE_NAMES})
 # Written first into stats.json while a set is being replaced; a crash leaves this record, so the
 # next run knows which files are its own half-finished set (and that the case is not done).
 INCOMPLETE = "incomplete"
@@ -54,6 +57,7 @@ class OutputConfig:
     overwrite: bool = False
     #: Mask formats (:data:`spineseg.export.OUTPUT_TYPES`); ``spine.nii.gz`` is always written.
     output_types: tuple[str, ...] = ("nifti",)
+    vertebrae: bool = False  # named vertebrae too (spineseg.vertebrae)
 
 
 def planned_outputs(outdir: Path, cfg: OutputConfig) -> list[Path]:
@@ -65,6 +69,8 @@ def planned_outputs(outdir: Path, cfg: OutputConfig) -> list[Path]:
         names.append(f"spine.{cfg.mesh_format}")
     if cfg.probabilities:
         names.append("spine_prob.nii.gz")
+    if cfg.vertebrae:
+        names += vertebra_outputs.planned_names(bool(cfg.mesh_format), cfg.preview)[:-1]
     return [outdir / n for n in names]
 
 
@@ -86,7 +92,8 @@ def run_settings(model: SegmentationModel, config: SegmentConfig,
                     # Only when other formats are asked for, so records of NIfTI-only runs
                     # (older ones included) still match a NIfTI-only re-run.
                     **({"output_types": list(outputs.output_types)}
-                       if set(outputs.output_types) - {"nifti"} else {})},
+                       if set(outputs.output_types) - {"nifti"} else {}),
+                    **({"vertebrae": True} if outputs.vertebrae else {})},
     }
 
 
@@ -167,7 +174,8 @@ def _remove_stale_stages(out: Path, started: float) -> None:
 
 
 def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
-                       cfg: OutputConfig, settings: dict[str, Any] | None = None) -> list[Path]:
+                       cfg: OutputConfig, settings: dict[str, Any] | None = None,
+                       vertebrae: VertebraeResult | None = None) -> list[Path]:
     """Write mask, optional probabilities, mesh, preview and stats; returns the final paths.
 
     ``settings`` (see :func:`run_settings`) is recorded in ``stats.json`` so a later batch run can
@@ -187,7 +195,7 @@ def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
         except OSError as exc:
             raise OutputError(f"{out}: cannot write here ({exc.strerror})") from exc
         try:
-            return _write_staged(result, out, stage, cfg, settings, source)
+            return _write_staged(result, out, stage, cfg, settings, source, vertebrae)
         except OSError as exc:
             raise OutputError(f"{out}: writing outputs failed ({exc.strerror or exc})") from exc
         finally:
@@ -206,7 +214,8 @@ def _write_dicom_seg(result: SegmentResult, path: Path, source: str) -> None:
 
 
 def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConfig,
-                  settings: dict[str, Any] | None, source: str) -> list[Path]:
+                  settings: dict[str, Any] | None, source: str,
+                  vertebrae: VertebraeResult | None = None) -> list[Path]:
     write_image(result.mask, stage / OUTPUT_FILES["nifti"])
     if "seg-nrrd" in cfg.output_types:
         write_seg_nrrd(result.mask, stage / OUTPUT_FILES["seg-nrrd"])
@@ -219,8 +228,14 @@ def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConf
     if cfg.preview:
         save_preview(result.canonical_ct, result.canonical_mask, result.mesh,
                      stage / "preview.png", title=Path(source).name if source else "")
+    if vertebrae is not None:
+        vertebra_outputs.write_vertebrae_files(vertebrae, stage, mesh=bool(cfg.mesh_format),
+                                               preview=cfg.preview,
+                                               title=Path(source).name if source else "")
     names = sorted({p.name for p in stage.iterdir()} | {STATS})
     stats = dict(result.stats, **case_quality(result), outputs=names)
+    if vertebrae is not None:
+        stats.update(vertebra_outputs.vertebrae_stats(vertebrae))
     if settings is not None:
         stats["settings"] = settings
     (stage / STATS).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
