@@ -50,7 +50,8 @@ def model(tiny_model_file, ct_file):
 
 def test_dir_is_the_public_api() -> None:
     public = [n for n in dir(spineseg) if not n.startswith("_")]
-    assert public == ["SegmentConfig", "SegmentResult", "Volume", "mask_statistics", "segment"]
+    assert public == ["SegmentConfig", "SegmentResult", "VertebraeResult", "Volume",
+                      "label_vertebrae", "mask_statistics", "segment"]
     assert not hasattr(spineseg, "Any") and not hasattr(spineseg, "annotations")
     assert spineseg.Volume is Volume
 
