@@ -86,6 +86,25 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _batch_box(boxes: np.ndarray) -> tuple[slice, slice]:
+    """The in-plane box holding every per-slice box of a batch (rows ``y0, y1, x0, x1``)."""
+    return (slice(int(boxes[:, 0].min()), int(boxes[:, 1].max())),
+            slice(int(boxes[:, 2].min()), int(boxes[:, 3].max())))
+
+
+def _clip_boxes(boxes: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+    """Per-slice boxes intersected with the body box; a slice whose box ends up empty is skipped."""
+    b = np.asarray(boxes, dtype=np.int64)
+    if b.shape != (shape[0], 4):
+        raise InputError(f"boxes must have one (y0, y1, x0, x1) row per slice, shape "
+                         f"({shape[0]}, 4), got {b.shape}")
+    out = np.stack([np.maximum(b[:, 0], ys.start), np.minimum(b[:, 1], ys.stop),
+                    np.maximum(b[:, 2], xs.start), np.minimum(b[:, 3], xs.stop)], axis=1)
+    empty = (out[:, 1] <= out[:, 0]) | (out[:, 3] <= out[:, 2])
+    out[empty] = (ys.start, ys.start, xs.start, xs.start)
+    return out
+
+
 @torch.inference_mode()
 def predict_probabilities(
     model: SegmentationModel,
@@ -93,11 +112,15 @@ def predict_probabilities(
     config: PredictConfig | None = None,
     device: str | torch.device = "cpu",
     spacing_z: float = 0.0,
+    boxes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Foreground probability for every voxel of ``hu`` (Z, Y, X) as float16.
 
     ``hu`` must already be in the canonical orientation at the model's in-plane spacing;
     ``spacing_z`` (mm between slices) is needed by 2.5-D models for their slice context.
+    ``boxes`` (Z, 4) restricts the network to one in-plane box ``y0, y1, x0, x1`` per slice
+    (an empty box skips the slice): the probability outside a slice's box is exactly 0. Slices
+    are batched with the box holding all of the batch's boxes, then cut back to each one.
     """
     cfg = config or PredictConfig()
     if cfg.batch_size < 1:
@@ -111,25 +134,28 @@ def predict_probabilities(
     out = np.zeros(hu.shape, dtype=np.float16)
     ys, xs = (body_bounding_box(hu, cfg.body_threshold_hu, cfg.margin_vox) if cfg.crop_to_body
               else (slice(0, hu.shape[1]), slice(0, hu.shape[2])))
+    full = np.tile([ys.start, ys.stop, xs.start, xs.stop], (hu.shape[0], 1))
+    per_slice = full if boxes is None else _clip_boxes(boxes, hu.shape, ys, xs)
     air = float(pre.normalize(np.array([pre.hu_min]))[0])
     use_amp = dev.type == "cuda"
     # A deep copy (milliseconds for these networks), so the caller's model is never rewritten.
     net = optimize_network(model.network, OptimizeConfig(
         fold_batchnorm=cfg.fold_batchnorm, channels_last=cfg.channels_last or dev.type == "cuda"))
     channels_last = cfg.channels_last or dev.type == "cuda"
-    todo = np.arange(hu.shape[0])
+    todo = np.flatnonzero(per_slice[:, 1] > per_slice[:, 0])
     if cfg.skip_boneless_slices:
-        todo = np.flatnonzero((hu[:, ys, xs] > cfg.bone_hu).any(axis=(1, 2)))
+        bone = (hu[:, ys, xs] > cfg.bone_hu).any(axis=(1, 2))
+        todo = todo[bone[todo]]
     bar = tqdm(total=hu.shape[0], desc="slices", unit="slice", disable=not cfg.progress,
                leave=False)
     bar.update(hu.shape[0] - todo.size)
-    h, w = ys.stop - ys.start, xs.stop - xs.start
     try:
         for i0 in range(0, todo.size, cfg.batch_size):
             zs = todo[i0:i0 + cfg.batch_size]
+            bys, bxs = _batch_box(per_slice[zs])
             # Consecutive indices (always, unless slices are skipped) are a view, not a copy.
             zsel = slice(int(zs[0]), int(zs[-1]) + 1) if zs[-1] - zs[0] + 1 == zs.size else zs
-            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, ys, xs))
+            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, bys, bxs))
             batch, (oy, ox) = pad_to_multiple(batch, model.divisor, air)
             batch = batch.to(dev, non_blocking=True)
             if channels_last:
@@ -139,12 +165,12 @@ def predict_probabilities(
                 if cfg.mirror:  # canonical LPS: the last axis runs patient right -> left
                     mirrored = torch.sigmoid(net(batch.flip(-1))[:, 0].float()).flip(-1)
                     prob = 0.5 * (prob + mirrored)
+            h, w = bys.stop - bys.start, bxs.stop - bxs.start
             crop = prob[:, oy:oy + h, ox:ox + w].cpu().numpy().astype(np.float16)
-            if isinstance(zsel, slice):
-                out[zsel, ys, xs] = crop
-            else:
-                for k, z in enumerate(zsel):
-                    out[int(z), ys, xs] = crop[k]
+            for k, z in enumerate(zs):
+                y0, y1, x0, x1 = (int(v) for v in per_slice[z])
+                out[int(z), y0:y1, x0:x1] = crop[k, y0 - bys.start:y1 - bys.start,
+                                                 x0 - bxs.start:x1 - bxs.start]
             bar.update(zs.size)
     finally:
         bar.close()
