@@ -18,7 +18,7 @@ from torch import nn
 from spineseg.cli.main import main
 from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError
-from spineseg.inference.model_file import SegmentationModel
+from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.postprocess import PostprocessConfig
 from spineseg.inference.predict import PredictConfig, predict_probabilities
@@ -228,3 +228,22 @@ def test_cli_full_slice_flag_turns_the_region_off(tmp_path, tiny_model_file):
     on = json.loads((tmp_path / "on" / "stats.json").read_text(encoding="utf-8"))
     off = json.loads((tmp_path / "off" / "stats.json").read_text(encoding="utf-8"))
     assert on["region"]["enabled"] is True and off["region"]["enabled"] is False
+
+
+def test_region_cut_on_the_whole_slice_pooling_grid(tiny_model_file):
+    """msrunet pools twice (4-pixel cells). A region cut inside the body box is read on the
+    whole-slice pass's padded grid, not re-padded around itself, so two cells in from the cut
+    its probabilities are the whole-slice ones exactly (a re-padded region shifts the pooling
+    grid and changes every pixel), and at the cut they differ by a float16 step or so."""
+    model = load_segmentation_model(tiny_model_file)
+    hu = body_ct((4, 61, 59))
+    add_disc(hu, slice(None), 30, 29, 6)
+    cfg = PredictConfig(progress=False, crop_to_body=False)
+    whole = predict_probabilities(model, hu, cfg)
+    for y0, y1, x0, x1 in ((3, 61, 1, 58), (9, 50, 10, 50)):
+        part = predict_probabilities(model, hu, cfg, boxes=np.tile([y0, y1, x0, x1], (4, 1)))
+        inner = (slice(None), slice(y0 + 8, y1 - 8), slice(x0 + 8, x1 - 8))
+        np.testing.assert_array_equal(part[inner], whole[inner])
+        box = (slice(None), slice(y0, y1), slice(x0, x1))
+        np.testing.assert_allclose(part[box].astype(np.float32),
+                                   whole[box].astype(np.float32), atol=2e-3)

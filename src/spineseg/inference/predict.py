@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError, ModelError
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import OptimizeConfig, optimize_network
-from spineseg.models.padding import pad_to_multiple
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,22 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _batch_box(boxes: np.ndarray) -> tuple[slice, slice]:
-    """The in-plane box holding every per-slice box of a batch (rows ``y0, y1, x0, x1``)."""
-    return (slice(int(boxes[:, 0].min()), int(boxes[:, 1].max())),
-            slice(int(boxes[:, 2].min()), int(boxes[:, 3].max())))
+def _grid_box(lo: int, hi: int, frame: slice, divisor: int) -> slice:
+    """``[lo, hi)`` widened to whole cells of the ``divisor`` grid that starts at ``frame.start``.
+
+    The whole-slice pass pads the body box to a multiple of the divisor (``frame``); a region
+    cut on that grid meets the network's pooling windows exactly where the whole slice does,
+    so its probabilities differ only by the context beyond the region, not by a shifted grid.
+    """
+    f0 = frame.start
+    return slice(f0 + (lo - f0) // divisor * divisor, f0 - (-(hi - f0) // divisor) * divisor)
+
+
+def _padded_frame(box: slice, divisor: int) -> slice:
+    """The body box padded to a multiple of ``divisor``, split as
+    :func:`spineseg.models.padding.pad_to_multiple` splits it."""
+    pad = -(box.stop - box.start) % divisor
+    return slice(box.start - pad // 2, box.stop + pad - pad // 2)
 
 
 def _clip_boxes(boxes: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
@@ -149,14 +161,25 @@ def predict_probabilities(
     bar = tqdm(total=hu.shape[0], desc="slices", unit="slice", disable=not cfg.progress,
                leave=False)
     bar.update(hu.shape[0] - todo.size)
+    d = model.divisor
+    frame_y, frame_x = _padded_frame(ys, d), _padded_frame(xs, d)
     try:
         for i0 in range(0, todo.size, cfg.batch_size):
             zs = todo[i0:i0 + cfg.batch_size]
-            bys, bxs = _batch_box(per_slice[zs])
+            b = per_slice[zs]
+            # The box holding the batch's boxes, on the whole-slice pass's divisor grid; CT is
+            # read inside the body box, air fills the rest (as the whole-slice pass pads).
+            gys = _grid_box(int(b[:, 0].min()), int(b[:, 1].max()), frame_y, d)
+            gxs = _grid_box(int(b[:, 2].min()), int(b[:, 3].max()), frame_x, d)
+            rys = slice(max(gys.start, ys.start), min(gys.stop, ys.stop))
+            rxs = slice(max(gxs.start, xs.start), min(gxs.stop, xs.stop))
             # Consecutive indices (always, unless slices are skipped) are a view, not a copy.
             zsel = slice(int(zs[0]), int(zs[-1]) + 1) if zs[-1] - zs[0] + 1 == zs.size else zs
-            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, bys, bxs))
-            batch, (oy, ox) = pad_to_multiple(batch, model.divisor, air)
+            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, rys, rxs))
+            pads = (rxs.start - gxs.start, gxs.stop - rxs.stop,
+                    rys.start - gys.start, gys.stop - rys.stop)
+            if any(pads):
+                batch = F.pad(batch, pads, value=air)
             batch = batch.to(dev, non_blocking=True)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -165,12 +188,11 @@ def predict_probabilities(
                 if cfg.mirror:  # canonical LPS: the last axis runs patient right -> left
                     mirrored = torch.sigmoid(net(batch.flip(-1))[:, 0].float()).flip(-1)
                     prob = 0.5 * (prob + mirrored)
-            h, w = bys.stop - bys.start, bxs.stop - bxs.start
-            crop = prob[:, oy:oy + h, ox:ox + w].cpu().numpy().astype(np.float16)
+            crop = prob.cpu().numpy().astype(np.float16)
             for k, z in enumerate(zs):
                 y0, y1, x0, x1 = (int(v) for v in per_slice[z])
-                out[int(z), y0:y1, x0:x1] = crop[k, y0 - bys.start:y1 - bys.start,
-                                                 x0 - bxs.start:x1 - bxs.start]
+                out[int(z), y0:y1, x0:x1] = crop[k, y0 - gys.start:y1 - gys.start,
+                                                 x0 - gxs.start:x1 - gxs.start]
             bar.update(zs.size)
     finally:
         bar.close()
