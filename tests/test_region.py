@@ -96,8 +96,25 @@ def test_specks_on_a_coarse_slice_do_not_count_as_column():
     coarse[0, 90:110, 90:110] = 1.0  # 400 mm²: column
     coarse[0, 5, 5] = 1.0  # 1 mm²: noise
     reg = column_region(coarse, np.array([0]), (1, 200, 200), 0.5, (1.0, 1.0),
-                        RegionConfig(margin_mm=10.0))
+                        RegionConfig(margin_mm=10.0, column_mm=(1.0, 1.0), snap_mm=0.0))
     np.testing.assert_array_equal(reg.boxes[0], [80, 120, 80, 120])
+
+
+def test_a_part_of_a_vertebra_is_widened_to_a_whole_one_and_thin_strips_are_kept():
+    """Only a spinous process (10×10 mm) found: the region reaches 55 mm in front of its centre
+    plus the 60 mm margin, where the vertebral body lies (0.5 mm pixels: mm become voxels)."""
+    coarse = np.zeros((1, 700, 700), dtype=np.float16)
+    coarse[0, 300:320, 340:360] = 1.0
+    reg = column_region(coarse, np.array([0]), (1, 700, 700), 0.5, (0.5, 0.5))
+    # y: 310 ± (110 mm / 2 + 60 mm) = 310 ± 230 voxels; x: 350 ± (40 mm + 60 mm)
+    np.testing.assert_array_equal(reg.boxes[0], [80, 540, 150, 550])
+    # An edge 20 mm (40 voxels) short of the slice's edge is moved onto it; 35 mm is not.
+    near = region_boxes(np.array([0]), np.array([[100, 120, 100, 120]]), (1, 300, 300),
+                        (40, 80), (60, 60))
+    np.testing.assert_array_equal(near[0], [0, 160, 0, 200])
+    far = region_boxes(np.array([0]), np.array([[110, 120, 150, 160]]), (1, 300, 300),
+                       (40, 40), (60, 60))
+    np.testing.assert_array_equal(far[0], [70, 160, 110, 200])
 
 
 @pytest.mark.parametrize("bad", [{"step_mm": 0.0}, {"margin_mm": -1.0},
@@ -130,42 +147,46 @@ def test_predict_boxes_zero_outside_and_skip_empty_slices():
 
 
 def test_region_edge_keeps_what_is_inside_and_zeroes_what_is_outside():
-    """Column at x 140–160: the region reaches 60 mm beyond it (x 80–220). A bone blob at x ~205
-    lies inside and is kept exactly as with whole slices; one at x ~245 lies outside and its
-    probability is 0. Both sit on slices the coarse pass does not sample."""
-    hu = body_ct((40, 300, 300))
+    """Column (a 21 mm disc) at x 140–160 mm, widened to a vertebra's 80 mm (x 110–190) plus the
+    60 mm margin: the region is x 50–250 (y 35–265). A bone blob at x ~240 lies inside and is
+    kept exactly as on whole slices; one at x ~275 lies outside and its probability is 0. Both
+    sit on slices the coarse pass does not sample."""
+    hu = body_ct((40, 300, 400))
     add_disc(hu, slice(None), 150, 150, 10)
-    add_disc(hu, slice(5, 9), 150, 205, 4)
-    add_disc(hu, slice(5, 9), 150, 245, 4)
+    add_disc(hu, slice(5, 9), 150, 240, 4)
+    add_disc(hu, slice(5, 9), 150, 275, 4)
     assert not set(sample_slices(40, 1.0, 15.0)) & set(range(5, 9))
     mask_w, prob_w, _ = run(hu, region=False)
     mask_r, prob_r, stats = run(hu, region=True)
     assert stats["region"]["enabled"] and not stats["region"]["whole_slices"]
-    assert stats["region"]["pixel_fraction"] < 0.3
-    inside = (slice(None), slice(80, 221), slice(80, 221))
+    assert stats["region"]["block_yx"] == [35, 266, 50, 251]
+    assert stats["region"]["pixel_fraction"] < 0.45
+    inside = (slice(None), slice(35, 266), slice(50, 251))
     np.testing.assert_array_equal(prob_r[inside], prob_w[inside])
     np.testing.assert_array_equal(mask_r[inside], mask_w[inside])
-    assert mask_w[6, 150, 205] and mask_r[6, 150, 205]  # inside: kept
-    assert mask_w[6, 150, 245] and not mask_r[6, 150, 245]  # outside: dropped
+    assert mask_w[6, 150, 240] and mask_r[6, 150, 240]  # inside: kept
+    assert mask_w[6, 150, 275] and not mask_r[6, 150, 275]  # outside: dropped
     outside = np.ones(hu.shape, dtype=bool)
-    outside[:, 89:212, 89:212] = False  # beyond the column box + 60 mm, with one voxel of slack
+    outside[inside] = False
     assert not prob_r[outside].any() and not mask_r[outside].any()
 
 
 def test_scoliotic_curve_is_followed_and_nothing_is_lost():
-    """The column drifts 160 mm sideways and back over 60 slices of 2 mm (steeper than any
-    scoliosis): more than one box of column + 2 × 60 mm could hold. The region follows it, so
-    it stays a fraction of the slice, and the mask equals the whole-slice one."""
-    hu = body_ct((60, 200, 420), spacing_z=2.0)
+    """The column drifts 250 mm sideways and back over 60 slices of 2 mm (steeper than any
+    scoliosis): more than one box of vertebra + 2 × 60 mm could hold. The region follows it,
+    so each slice's region is a fraction of the block, and the mask equals the whole-slice one."""
+    hu = body_ct((60, 200, 600), spacing_z=2.0)
     for z in range(60):
-        add_disc(hu, slice(z, z + 1), 100, 120 + 160 * np.sin(np.pi * z / 59) ** 2, 9)
+        add_disc(hu, slice(z, z + 1), 100, 150 + 250 * np.sin(np.pi * z / 59) ** 2, 9)
     mask_w, _, _ = run(hu, region=False, spacing_z=2.0)
     mask_r, _, stats = run(hu, region=True, spacing_z=2.0)
     assert mask_w.sum() > 0 and not stats["region"]["whole_slices"]
     x0, x1 = stats["region"]["block_yx"][2:]
-    assert x1 - x0 >= 160 + 18 + 120  # the block spans the whole curve
+    y0, y1 = stats["region"]["block_yx"][:2]
+    assert x1 - x0 >= 250 + 80 + 120  # the block spans the whole curve
     # ... but each slice's region is much narrower than the block (the curve is followed)
-    assert stats["region"]["pixel_fraction"] < 0.5 * (x1 - x0) / 420
+    block_fraction = (y1 - y0) * (x1 - x0) / (200 * 600)
+    assert stats["region"]["pixel_fraction"] < 0.6 * block_fraction
     np.testing.assert_array_equal(mask_r, mask_w)
 
 
@@ -208,8 +229,8 @@ def test_nothing_found_by_the_coarse_pass_falls_back_to_whole_slices():
 
 def test_region_on_a_resampled_grid_matches_whole_slices():
     """0.8 mm input: the model's 1 mm block is mapped back onto the input grid's block."""
-    hu = body_ct((30, 320, 320))
-    add_disc(hu, slice(None), 160, 170, 12)
+    hu = body_ct((30, 480, 480))
+    add_disc(hu, slice(None), 240, 250, 12)
     mask_w, prob_w, _ = run(hu, region=False, spacing_xy=0.8)
     mask_r, prob_r, stats = run(hu, region=True, spacing_xy=0.8)
     assert stats["region"]["pixel_fraction"] < 0.5

@@ -7,11 +7,17 @@ last slice), at the model's own in-plane spacing: a coarser grid would show the 
 at a scale it was never trained on, and an HU rule finds every bone (ribs, pelvis), not the
 column. The boxes of what it finds give each slice a region:
 
+* a finding smaller than a whole vertebra (:attr:`RegionConfig.column_mm`) is widened to one
+  around its centre: on a noisy scan the coarse pass may see only a spinous process or only a
+  body, and the rest of that vertebra lies up to ~100 mm away;
 * a slice takes the union of the column boxes on the nearest sampled slices with a finding above
   and below it (held beyond the first and last finding), so the region follows a lateral
   (scoliotic) curve between samples and covers the first and last slices;
-* grown by :attr:`RegionConfig.margin_mm` on every side and clipped to the slice: on a
-  spine-protocol field of view (about 120 mm or less) that is the whole slice;
+* grown by :attr:`RegionConfig.margin_mm` on every side and clipped to the slice, and an edge
+  that ends up within :attr:`RegionConfig.snap_mm` of the slice's edge goes to it: a thin strip
+  saves little, while cutting the anatomy there shows the network an edge it never saw in
+  training. On a spine-protocol field of view (about 120 mm or less) the region is the whole
+  slice;
 * a coarse pass that finds nothing leaves whole slices.
 
 Everything found on a sampled slice counts, false positives included: they can only enlarge the
@@ -44,12 +50,17 @@ class RegionConfig:
     margin_mm: float = 60.0
     #: Findings smaller than this on a coarse slice are noise, not column.
     min_area_mm2: float = 20.0
+    #: (anterior-posterior, left-right) size of a whole vertebra with its processes: a smaller
+    #: finding is widened to it around its centre.
+    column_mm: tuple[float, float] = (110.0, 80.0)
+    #: Region edges this close to the slice's edge are moved onto it.
+    snap_mm: float = 30.0
 
     def __post_init__(self) -> None:
         if not (self.step_mm > 0 and np.isfinite(self.step_mm)):
             raise InputError(f"region step_mm must be > 0, got {self.step_mm!r}")
-        for name in ("margin_mm", "min_area_mm2"):
-            value = getattr(self, name)
+        for name, value in (("margin_mm", self.margin_mm), ("min_area_mm2", self.min_area_mm2),
+                            ("snap_mm", self.snap_mm), ("column_mm", min(self.column_mm))):
             if not (value >= 0 and np.isfinite(value)):
                 raise InputError(f"region {name} must be >= 0, got {value!r}")
 
@@ -128,12 +139,26 @@ def finding_box(prob: np.ndarray, threshold: float, min_area_px: float,
     return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
 
 
+def widen_boxes(boxes: np.ndarray, size_yx: tuple[float, float], shape_yx: tuple[int, int],
+                ) -> np.ndarray:
+    """Boxes ``(y0, y1, x0, x1)`` widened about their centres to at least ``size_yx`` voxels."""
+    out = np.asarray(boxes, dtype=np.int64).copy()
+    for axis, (size, n) in enumerate(zip(size_yx, shape_yx, strict=True)):
+        lo, hi = out[:, 2 * axis], out[:, 2 * axis + 1]
+        half = np.maximum((hi - lo) / 2.0, size / 2.0)
+        centre = (lo + hi) / 2.0
+        out[:, 2 * axis] = np.maximum(np.floor(centre - half), 0)
+        out[:, 2 * axis + 1] = np.minimum(np.ceil(centre + half), n)
+    return out
+
+
 def region_boxes(found_z: np.ndarray, found_boxes: np.ndarray, shape: tuple[int, int, int],
-                 margin_yx: tuple[int, int]) -> np.ndarray:
+                 margin_yx: tuple[int, int], snap_yx: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Per-slice boxes from the findings on sampled slices (see the module docstring).
 
     Each slice takes the union of the boxes of the nearest finding at or above and at or below it
-    (the nearest one only, beyond the ends), grown by ``margin_yx`` voxels and clipped.
+    (the nearest one only, beyond the ends), grown by ``margin_yx`` voxels and clipped; edges
+    within ``snap_yx`` voxels of the slice's edge are moved onto it.
     """
     depth, h, w = shape
     z = np.arange(depth)
@@ -142,10 +167,13 @@ def region_boxes(found_z: np.ndarray, found_boxes: np.ndarray, shape: tuple[int,
     above = np.clip(np.searchsorted(found_z, z, side="left"), 0, last)
     lo, hi = found_boxes[below], found_boxes[above]
     my, mx = margin_yx
-    return np.stack([np.maximum(np.minimum(lo[:, 0], hi[:, 0]) - my, 0),
-                     np.minimum(np.maximum(lo[:, 1], hi[:, 1]) + my, h),
-                     np.maximum(np.minimum(lo[:, 2], hi[:, 2]) - mx, 0),
-                     np.minimum(np.maximum(lo[:, 3], hi[:, 3]) + mx, w)], axis=1)
+    sy, sx = snap_yx
+    y0 = np.minimum(lo[:, 0], hi[:, 0]) - my
+    y1 = np.maximum(lo[:, 1], hi[:, 1]) + my
+    x0 = np.minimum(lo[:, 2], hi[:, 2]) - mx
+    x1 = np.maximum(lo[:, 3], hi[:, 3]) + mx
+    return np.stack([np.where(y0 <= sy, 0, y0), np.where(y1 >= h - sy, h, y1),
+                     np.where(x0 <= sx, 0, x0), np.where(x1 >= w - sx, w, x1)], axis=1)
 
 
 def column_region(coarse: np.ndarray, sampled: np.ndarray, shape: tuple[int, int, int],
@@ -169,5 +197,8 @@ def column_region(coarse: np.ndarray, sampled: np.ndarray, shape: tuple[int, int
     if not found:
         return ColumnRegion(shape, None, np.asarray(sampled, dtype=np.int64), found_idx)
     margin = (int(np.ceil(cfg.margin_mm / sy)), int(np.ceil(cfg.margin_mm / sx)))
-    boxes = region_boxes(found_idx, np.asarray(found, dtype=np.int64), shape, margin)
+    snap = (int(np.ceil(cfg.snap_mm / sy)), int(np.ceil(cfg.snap_mm / sx)))
+    column = widen_boxes(np.asarray(found, dtype=np.int64),
+                         (cfg.column_mm[0] / sy, cfg.column_mm[1] / sx), shape[1:])
+    boxes = region_boxes(found_idx, column, shape, margin, snap)
     return ColumnRegion(shape, boxes, np.asarray(sampled, dtype=np.int64), found_idx)
