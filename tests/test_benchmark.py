@@ -47,6 +47,11 @@ def test_tiny_benchmark_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert ours["slices"] == 8 and ours["peak_rss_bytes"] > 10 * 2**20
     assert ours["network_seconds"] <= ours["seconds"]
     assert rep["machine"]["torch_threads"] == 1 and rep["peers"] == {}
+    # With the region (the default) and on whole slices, each phase including the coarse pass.
+    assert ours["region"] is True and "locate_s" in ours["phases_s"]
+    assert ours["full_slice"]["slices"] == 8 and rep["ratios"]["region_vs_full_slice"] > 0
+    whole = json.loads(_cli(["--json", "--no-peers", "--full-slice"], capsys))
+    assert whole["ours"]["region"] is False and "full_slice" not in whole["ours"]
 
 
 def test_build_volume_tiles_deep_volumes_mirrored() -> None:

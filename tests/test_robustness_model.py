@@ -345,7 +345,7 @@ def column_phantom(direction: np.ndarray, shape=(40, 40, 40), spacing=1.5) -> Vo
                   tuple(direction.ravel()))
 
 
-def round_disk_detector(model, hu, config=None, device="cpu", spacing_z=0.0):
+def round_disk_detector(model, hu, config=None, device="cpu", spacing_z=0.0, boxes=None):
     """Stand-in network that, like the real one, knows the column only as its axial cross-section:
     bone is marked in a slice only where it forms a round disk (a tilted cut is an ellipse)."""
     out = np.zeros(hu.shape, dtype=np.float16)
@@ -507,10 +507,11 @@ def test_threads_option_sets_torch_threads_for_inference_only(tiny_model_file, c
     before = torch.get_num_threads()
     segment(ct_file, tiny_model_file, SegmentConfig(predict=PredictConfig(progress=False),
                                                     mesh=None, threads=1))
-    assert seen == [1] and torch.get_num_threads() == before
+    # Both network passes, the coarse one that locates the column and the fine one around it.
+    assert seen == [1, 1] and torch.get_num_threads() == before
     assert main(segment_argv(ct_file, tmp_path / "out", "--model", str(tiny_model_file),
                              "--threads", "1")) == 0
-    assert seen == [1, 1]
+    assert seen == [1, 1, 1, 1]
     for bad in (0, -2, 1.5, True):
         with pytest.raises(InputError, match="threads"):
             segment(ct_file, tiny_model_file, SegmentConfig(mesh=None, threads=bad))

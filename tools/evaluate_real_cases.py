@@ -8,6 +8,13 @@ Stresses (applied to the CT in its own grid, seeded): correlated noise of SD 50,
 (sharp kernel), and the vertebral-body interior darkened to ~60 HU (osteoporosis; uses the
 reference mask to find the bodies). Each clean case is also scored without post-processing, so
 the effect of island removal is measured, not assumed.
+
+``--region both`` scores each case with the coarse-to-fine region (keys as usual) and with whole
+slices (keys ending ``_whole``) in one run; ``fp_far_ml`` is the segmented volume lying more than
+50 mm from the reference column (false positives the post-processing should have removed).
+
+    python tools/evaluate_real_cases.py ../shared/data --model src/spineseg/weights/spineseg-default.pt \
+        --stresses clean --region both --no-nopost
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from real_cases import CASES
+from scipy import ndimage
 
 from spineseg.data.simulate import add_ct_noise, simulate_osteoporosis
 from spineseg.evaluation.evaluate import evaluate_mask_pair
@@ -27,9 +35,11 @@ from spineseg.inference.model_file import SegmentationModel, load_segmentation_m
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.postprocess import PostprocessConfig
 from spineseg.inference.predict import PredictConfig
+from spineseg.inference.region import RegionConfig
 from spineseg.io import Volume, read_image, resample_to
 
 STRESSES = ("clean", "noise50", "noise100", "noise150", "osteo60")
+FAR_MM = 50.0
 
 
 def stressed(ct: Volume, ref: Volume, stress: str, seed: int = 0) -> Volume:
@@ -46,31 +56,42 @@ def stressed(ct: Volume, ref: Volume, stress: str, seed: int = 0) -> Volume:
 
 def score_case(shared_data: Path, case: str, model: SegmentationModel,
                stresses: Sequence[str] = STRESSES, tta: bool = False,
-               compare_nopost: bool = True) -> list[dict[str, object]]:
+               compare_nopost: bool = True, regions: Sequence[bool] = (True,),
+               ) -> list[dict[str, object]]:
     """One row per stress: Dice, IoU, HD95, sensitivity, precision of ``segment`` on the case.
 
-    Post-processing's effect is measured on the clean scan only (``compare_nopost``).
+    Post-processing's effect is measured on the clean scan only (``compare_nopost``), with the
+    first of ``regions`` (coarse-to-fine region on/off); the others get a ``_whole`` / ``_region``
+    key suffix.
     """
     entry = CASES[case]
     ct = read_image(shared_data / entry.image)
     ref = resample_to(read_image(shared_data / entry.spine), ct, interpolation="nearest")
+    far = ndimage.distance_transform_edt(ref.array == 0, sampling=ct.spacing[::-1]) > FAR_MM
+    voxel_ml = float(np.prod(ct.spacing)) / 1000.0
     rows: list[dict[str, object]] = []
     for stress in stresses:
         vol = stressed(ct, ref, stress)
         row: dict[str, object] = {"case": case, "kind": entry.kind, "stress": stress}
-        for post in (True, False) if stress == "clean" and compare_nopost else (True,):
+        runs = [(True, regions[0], "")]
+        if stress == "clean" and compare_nopost:
+            runs.append((False, regions[0], "_nopost"))
+        runs += [(True, r, "_region" if r else "_whole") for r in regions[1:]]
+        for post, region, key in runs:
             t = time.perf_counter()
             cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=tta),
-                                mesh=None, postprocess=PostprocessConfig(enabled=post))
+                                mesh=None, postprocess=PostprocessConfig(enabled=post),
+                                region=RegionConfig(enabled=region))
             res = segment(vol, model, cfg)
             m = evaluate_mask_pair(res.mask, ref, case)
-            key = "" if post else "_nopost"
             row.update({f"dice{key}": round(m.dice, 4), f"iou{key}": round(m.iou, 4),
                         f"hd95_mm{key}": round(m.hd95_mm, 2),
+                        f"fp_far_ml{key}": round(float((res.mask.array.astype(bool) & far).sum())
+                                                 * voxel_ml, 3),
                         f"seconds{key}": round(time.perf_counter() - t, 1)})
             if post:
-                row["sensitivity"] = round(m.sensitivity, 4)
-                row["precision"] = round(m.precision, 4)
+                row[f"sensitivity{key}"] = round(m.sensitivity, 4)
+                row[f"precision{key}"] = round(m.precision, 4)
         rows.append(row)
     return rows
 
@@ -83,16 +104,24 @@ def main() -> None:
     ap.add_argument("--stresses", default=",".join(STRESSES))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--tta", action="store_true", help="test-time mirroring (segment --tta)")
+    ap.add_argument("--region", choices=["on", "off", "both"], default="on",
+                    help="coarse-to-fine region (segment's default), whole slices "
+                         "(segment --full-slice), or both in one run")
+    ap.add_argument("--no-nopost", action="store_true",
+                    help="skip the clean run without post-processing")
     args = ap.parse_args()
+    regions = {"on": (True,), "off": (False,), "both": (True, False)}[args.region]
     model = load_segmentation_model(args.model)
     rows = []
     for case in args.cases.split(","):
-        for row in score_case(args.shared_data, case, model, args.stresses.split(","), args.tta):
+        for row in score_case(args.shared_data, case, model, args.stresses.split(","), args.tta,
+                              not args.no_nopost, regions):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "sha256": model.sha256,
-                                         "tta": args.tta, "rows": rows}, indent=2) + "\n")
+                                         "tta": args.tta, "region": args.region,
+                                         "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

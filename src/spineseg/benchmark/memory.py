@@ -120,8 +120,8 @@ class PeakRSS:
 
 
 # Phases of segment() in execution order, as named in its stats["runtime_s"].
-PIPELINE_PHASES = ("read_s", "load_model_s", "preprocess_s", "inference_s", "postprocess_s",
-                   "mesh_s")
+PIPELINE_PHASES = ("read_s", "load_model_s", "preprocess_s", "locate_s", "inference_s",
+                   "postprocess_s", "mesh_s")
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,7 @@ class MemoryConfig:
     batch_size: int = 8
     seed: int = 0
     mesh: bool = True
+    region: bool = True  # coarse-to-fine region (segment's default) or whole slices
 
     def __post_init__(self) -> None:
         if self.model_path is not None and self.random_weights:
@@ -166,7 +167,7 @@ class MemoryReport:
 
 
 def _child_segment(ct_path: str, model_path: str, batch_size: int, threads: int | None,
-                   mesh: bool, queue: Any) -> None:
+                   mesh: bool, region: bool, queue: Any) -> None:
     """Spawned-process body: segment once, send back peaks and timings (or the error)."""
     # The child is a process of its own: its warnings get the CLI's one-line form, not bare text.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -174,12 +175,14 @@ def _child_segment(ct_path: str, model_path: str, batch_size: int, threads: int 
         from spineseg.inference.optimize import configure_threads
         from spineseg.inference.pipeline import SegmentConfig, segment
         from spineseg.inference.predict import PredictConfig
+        from spineseg.inference.region import RegionConfig
         from spineseg.reconstruction import MeshConfig
 
         configure_threads(threads)
         model = load_segmentation_model(model_path)
         cfg = SegmentConfig(predict=PredictConfig(batch_size=batch_size, progress=False),
-                            mesh=MeshConfig() if mesh else None)
+                            mesh=MeshConfig() if mesh else None,
+                            region=RegionConfig(enabled=region))
         # Model loading happens before the measurement: it is a fixed ~10 MB, not per-volume.
         with PeakRSS() as mem:
             result = segment(ct_path, model, cfg)
@@ -207,7 +210,8 @@ def measure_segment_memory(config: MemoryConfig | None = None) -> MemoryReport:
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         proc = ctx.Process(target=_child_segment, args=(
-            str(ct_path), str(model_path), cfg.batch_size, cfg.threads, cfg.mesh, queue))
+            str(ct_path), str(model_path), cfg.batch_size, cfg.threads, cfg.mesh, cfg.region,
+            queue))
         proc.start()
         try:
             msg = queue.get()

@@ -4,7 +4,9 @@ The model timed is the shipped default unless a file or random weights are asked
 report names it (file, SHA-256, parameter count): a figure is only as good as its model.
 What is timed is ``spineseg.inference.pipeline.segment`` from a NIfTI file on disk (read →
 reorient → resample → slice inference → threshold → clean → mesh), median of ``repeats`` runs
-after one warm-up run (the first run pays for oneDNN kernel selection and page faults). Peers get
+after one warm-up run (the first run pays for oneDNN kernel selection and page faults), with the
+coarse-to-fine region (the default) and, in the same run, on whole slices (``segment
+--full-slice``), each against the same peer timings. Peers get
 the same input; MONAI's BasicUNet runs through the very same pipeline on the middle
 ``peer_slices`` slices (ours is re-timed on the same slices for its ratio); the nnU-Net 3-D
 network runs on the whole volume, because its cost is per 3 mm window, not per slice.
@@ -18,7 +20,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from spineseg.inference.model_file import SegmentationModel, load_segmentation_m
 from spineseg.inference.optimize import configure_threads, physical_cores
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.predict import PredictConfig
+from spineseg.inference.region import RegionConfig
 from spineseg.io import Volume, write_image
 from spineseg.reconstruction import MeshConfig
 
@@ -66,6 +69,10 @@ class BenchmarkConfig:
     nnunet_spec: NnUNetFastSpec = field(default_factory=NnUNetFastSpec)
     mesh: bool = True
     seed: int = 0
+    #: Time the pipeline with the coarse-to-fine region (the default) or on whole slices only.
+    region: bool = True
+    #: With ``region``: also time whole slices in the same run, for the region's own gain.
+    compare_full_slice: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 32 or self.slices < 4:
@@ -173,7 +180,8 @@ def run_benchmark(config: BenchmarkConfig | None = None,
         timed = model_record(model, source)
         seg_cfg = SegmentConfig(device=cfg.device,
                                 predict=PredictConfig(batch_size=cfg.batch_size, progress=False),
-                                mesh=MeshConfig() if cfg.mesh else None)
+                                mesh=MeshConfig() if cfg.mesh else None,
+                                region=RegionConfig(enabled=cfg.region))
         sub = _subvolume(vol, min(cfg.peer_slices, cfg.slices))
         sub_path = write_image(sub, folder / "ct_sub.nii.gz")
 
@@ -185,8 +193,16 @@ def run_benchmark(config: BenchmarkConfig | None = None,
             f"{model.model_name}")
         ours = _time_segment(ct_path, model, seg_cfg, cfg.repeats)
         ours["model"] = timed
+        ours["region"] = cfg.region
         peers: dict[str, dict[str, Any]] = {}
         ratios: dict[str, float] = {}
+        if cfg.region and cfg.compare_full_slice:
+            say(f"timing the spineseg pipeline on whole slices ({cfg.repeats} runs)")
+            ours["full_slice"] = _time_segment(
+                ct_path, model, replace(seg_cfg, region=RegionConfig(enabled=False)),
+                cfg.repeats)
+            ratios["region_vs_full_slice"] = (ours["slices_per_s"]
+                                              / ours["full_slice"]["slices_per_s"])
 
         if cfg.peers:
             say(f"timing MONAI BasicUNet in the same pipeline on {sub.array.shape[0]} slices")
@@ -197,7 +213,7 @@ def run_benchmark(config: BenchmarkConfig | None = None,
             for label, fold, cl in (("plain", False, False), ("optimised", True, True)):
                 pcfg = SegmentConfig(device=cfg.device, mesh=seg_cfg.mesh, predict=PredictConfig(
                     batch_size=cfg.batch_size, progress=False, fold_batchnorm=fold,
-                    channels_last=cl))
+                    channels_last=cl), region=seg_cfg.region)
                 segment(warm_path, basic, pcfg)
                 variants[label] = _time_segment(sub_path, basic, pcfg, cfg.peer_repeats)
             best = max(variants.values(), key=lambda v: v["slices_per_s"])
@@ -233,8 +249,10 @@ def run_benchmark(config: BenchmarkConfig | None = None,
                 "windows": runs[-1]["windows"], "grid_zyx": runs[-1]["grid_zyx"],
                 "spec": asdict(spec), "repeats": cfg.peer_repeats,
                 "parameters": sum(p.numel() for p in net3d.parameters())}
-            ratios["nnunet_3d_fast"] = ours["slices_per_s"] / peers["nnunet_3d_fast"][
-                "slices_per_s"]
+            theirs = peers["nnunet_3d_fast"]["slices_per_s"]
+            ratios["nnunet_3d_fast"] = ours["slices_per_s"] / theirs
+            if "full_slice" in ours:
+                ratios["nnunet_3d_fast_full_slice"] = ours["full_slice"]["slices_per_s"] / theirs
             notes.append("nnU-Net 3-D fast measured on the whole volume (read → 3 mm → sliding "
                          "window → argmax → input grid) with random weights")
     if peers:

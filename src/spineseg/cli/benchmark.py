@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--random-weights", action="store_true",
                        help="time the shipped architecture with random weights instead (same "
                        "arithmetic, but an empty mask skips cleaning and meshing)")
+    p.add_argument("--full-slice", action="store_true",
+                   help="time spineseg on whole slices only (segment --full-slice); by default "
+                   "it is timed with the coarse-to-fine region and on whole slices")
     p.add_argument("--no-peers", action="store_true", help="time spineseg only")
     p.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net 3-D peer")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -63,7 +66,8 @@ def _run_memory(args: argparse.Namespace) -> int:
     cfg = MemoryConfig(size=args.size or 512, slices=args.slices or 800,
                        limit_gib=args.limit_gib, threads=args.threads,
                        batch_size=args.batch_size, random_weights=args.random_weights,
-                       model_path=str(args.model) if args.model else None)
+                       model_path=str(args.model) if args.model else None,
+                       region=not args.full_slice)
     print(f"memory check: {cfg.size}×{cfg.size}×{cfg.slices} int16, segment() in a fresh "
           "process …", file=sys.stderr)
     rep = measure_segment_memory(cfg)
@@ -128,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchmarkConfig(**preset, device=args.device, threads=args.threads,
                           batch_size=args.batch_size, peers=not args.no_peers,
                           nnunet=not args.no_nnunet, random_weights=args.random_weights,
-                          model_path=str(args.model) if args.model else None)
+                          model_path=str(args.model) if args.model else None,
+                          region=not args.full_slice)
     rep = run_benchmark(cfg, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
@@ -141,10 +146,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"input:   {x}×{y}×{z} int16 NIfTI, spacing {rep.input['spacing_mm']} mm")
     o = rep.ours
     print(f"model:   {describe_model(o['model'])}")
-    print(_line("spineseg (ours)", o))
-    print("  phases: " + ", ".join(f"{k} {v:.2f}" for k, v in o["phases_s"].items()
-                                    if k != "total_s"))
-    labels = {"monai_basicunet": "MONAI BasicUNet", "nnunet_3d_fast": "nnU-Net 3D fast"}
+    runs = [("spineseg (ours)" if not o["region"] else "spineseg, region", o)]
+    if "full_slice" in o:
+        runs.append(("spineseg, whole slices", o["full_slice"]))
+    for name, r in runs:
+        print(_line(name, r))
+        print("  phases: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases_s"].items()
+                                        if k != "total_s"))
+    labels = {"monai_basicunet": "MONAI BasicUNet", "nnunet_3d_fast": "nnU-Net 3D fast",
+              "nnunet_3d_fast_full_slice": "nnU-Net 3D fast (ours on whole slices)",
+              "region_vs_full_slice": "whole slices (region's gain)"}
     for key, r in rep.peers.items():
         print(_line(labels[key], r))
     for key, ratio in rep.ratios.items():

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads for inference (default: torch's choice, all cores)")
+    p.add_argument("--full-slice", "--no-region", dest="full_slice", action="store_true",
+                   help="run the network on whole slices instead of locating the column first "
+                        "and segmenting only the region around it")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average with the left-right mirrored slices "
                         "(twice the inference time)")
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from spineseg.inference.pipeline import SegmentConfig, segment
     from spineseg.inference.postprocess import PostprocessConfig
     from spineseg.inference.predict import PredictConfig
+    from spineseg.inference.region import RegionConfig
     from spineseg.reconstruction import MeshConfig
 
     if args.batch_size < 1:
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         keep_probabilities=args.probabilities,
         max_voxels=args.max_voxels,
         threads=args.threads,
+        region=RegionConfig(enabled=not args.full_slice),
     )
     if not batch:
         # Claimed for the whole run, so a second run into the same folder is refused at once.

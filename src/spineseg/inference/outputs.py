@@ -94,6 +94,10 @@ def run_settings(model: SegmentationModel, config: SegmentConfig,
                     **({"output_types": list(outputs.output_types)}
                        if set(outputs.output_types) - {"nifti"} else {}),
                     **({"vertebrae": True} if outputs.vertebrae else {})},
+        # Recorded only when the network ran on whole slices: a region run matches the whole-
+        # slice one within 0.005 Dice (docs/performance.md), so records written before the
+        # region existed stay valid, while switching --full-slice on or off is a new setting.
+        **({"full_slice": True} if not config.region.enabled else {}),
     }
 
 

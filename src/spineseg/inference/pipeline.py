@@ -1,8 +1,10 @@
 """Segment one CT: the product's main job.
 
 read → reorient to canonical LPS → resample in-plane to the model's spacing → HU window →
-batched slice inference → back to the input grid → threshold → remove non-column islands →
-mesh → stats. The mask is returned in exactly the input's voxel grid (same shape, spacing, origin
+coarse pass locating the column (:mod:`spineseg.inference.region`) → batched slice inference in
+the region around it → back to the input grid → threshold → remove non-column islands → mesh →
+stats. Everything after the network works on the block holding the region, pasted into the
+whole grid at the end. The mask is returned in exactly the input's voxel grid (same shape, spacing, origin
 and direction), whatever order the file stored its voxels in.
 
 An oblique scan (voxel axes tilted more than :data:`OBLIQUE_DEG` from the anatomical axes) cannot
@@ -27,8 +29,16 @@ import trimesh
 from spineseg import __version__
 from spineseg.errors import GeometryError, InputError, ResourceError
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
-from spineseg.inference.postprocess import PostprocessConfig, clean_mask
+from spineseg.inference.postprocess import PostprocessConfig, body_midline, clean_mask
 from spineseg.inference.predict import PredictConfig, predict_probabilities, torch_threads
+from spineseg.inference.region import (
+    ColumnRegion,
+    RegionConfig,
+    coarse_boxes,
+    column_region,
+    sample_slices,
+    whole_slices,
+)
 from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_spacing, resample_to
 from spineseg.io.describe import ct_verdict, strided_sample
 from spineseg.io.geometry import (
@@ -78,6 +88,9 @@ class SegmentConfig:
     max_memory_bytes: int | None = None
     #: torch intra-op threads for inference; ``None`` leaves torch's default (all cores).
     threads: int | None = None
+    #: Coarse-to-fine: locate the column first and run the network only around it
+    #: (``RegionConfig(enabled=False)``: whole slices).
+    region: RegionConfig = field(default_factory=RegionConfig)
 
 
 @dataclass
@@ -130,9 +143,16 @@ def _back_to_input_grid(canonical: Volume, original: Volume, interpolation: str)
     return resample_to(canonical, original, interpolation=interpolation)
 
 
+def _crop(vol: Volume, zs: slice, ys: slice = slice(None), xs: slice = slice(None)) -> Volume:
+    """The sub-volume ``[zs, ys, xs]`` (a view) with its own origin, on the same physical grid."""
+    z0, y0, x0 = (s.indices(n)[0] for s, n in zip((zs, ys, xs), vol.array.shape, strict=True))
+    origin = np.asarray(vol.origin) + vol.direction_matrix @ (np.asarray(vol.spacing)
+                                                              * (x0, y0, z0))
+    return Volume(vol.array[zs, ys, xs], vol.spacing, tuple(origin), vol.direction)
+
+
 def _slab(vol: Volume, z0: int, z1: int) -> Volume:
-    origin = np.asarray(vol.origin) + vol.direction_matrix[:, 2] * vol.spacing[2] * z0
-    return Volume(vol.array[z0:z1], vol.spacing, tuple(origin), vol.direction)
+    return _crop(vol, slice(z0, z1))
 
 
 def _resample_slabs(prob: Volume, reference: Volume, slab: int = 32) -> np.ndarray:
@@ -237,6 +257,36 @@ def _plan_grid(vol: Volume, spacing_xy: tuple[float, float]) -> tuple[
     return False, size, spacing, int(vol.array.size)
 
 
+def _locate(net: SegmentationModel, work: Volume, cfg: SegmentConfig) -> ColumnRegion:
+    """The coarse pass: the network on a few slices, turned into a region (see region.py)."""
+    hu = np.asarray(work.array)
+    shape = (int(hu.shape[0]), int(hu.shape[1]), int(hu.shape[2]))
+    if not cfg.region.enabled:
+        return whole_slices(shape)
+    sampled = sample_slices(shape[0], float(work.spacing[2]), cfg.region.step_mm)
+    coarse = predict_probabilities(net, hu, cfg.predict, cfg.device,
+                                   spacing_z=float(work.spacing[2]),
+                                   boxes=coarse_boxes(shape, sampled))[sampled]
+    return column_region(coarse, sampled, shape, net.threshold,
+                         (float(work.spacing[0]), float(work.spacing[1])), cfg.region)
+
+
+def _canonical_block(block: tuple[slice, slice], work: Volume, canon: Volume
+                     ) -> tuple[slice, slice]:
+    """The canonical-grid ``(ys, xs)`` covering the model grid's ``block``, plus one voxel.
+
+    The two grids share origin and direction and differ only in in-plane spacing
+    (:func:`resample_spacing`), so index ranges scale by the spacing ratio.
+    """
+    out = []
+    for sl, axis, n in ((block[0], 1, canon.array.shape[1]), (block[1], 0, canon.array.shape[2])):
+        ratio = float(work.spacing[axis]) / float(canon.spacing[axis])
+        lo = int(np.floor(sl.start * ratio)) - 1
+        hi = int(np.ceil((sl.stop - 1) * ratio)) + 2
+        out.append(slice(max(lo, 0), min(hi, n)))
+    return out[0], out[1]
+
+
 def _warn_if_empty(cleaned: np.ndarray, voxel_ml: float, source: str) -> None:
     volume_ml = float(cleaned.sum()) * voxel_ml
     if volume_ml < NEAR_EMPTY_ML:
@@ -294,32 +344,47 @@ def segment(
 
     t = time.perf_counter()
     with torch_threads(cfg.threads):
+        region = _locate(net, work, cfg)
+        times["locate_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device,
-                                     spacing_z=float(work.spacing[2]))
-    # From here on only the model grid's geometry is needed, not its CT voxels.
-    work = work.with_array(prob)
+                                     spacing_z=float(work.spacing[2]), boxes=region.boxes)
+    # From here on only the model grid's geometry is needed, not its CT voxels; and only the
+    # block holding the region, where every non-zero probability lies.
+    ys, xs = region.block()
     work_grid, work_spacing = work.shape_xyz, tuple(float(v) for v in work.spacing)
+    work_block = _crop(work.with_array(prob), slice(None), ys, xs)
+    del work, prob
     times["inference_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prob_canon = _resample_slabs(work, canon) if needs_resample else prob
-    del work, prob
-    raw = prob_canon >= net.threshold
+    cys, cxs = _canonical_block((ys, xs), work_block, canon) if needs_resample else (ys, xs)
+    canon_block = _crop(canon, slice(None), cys, cxs)
+    prob_block = (_resample_slabs(work_block, canon_block) if needs_resample
+                  else work_block.array)
+    del work_block
+    raw = prob_block >= net.threshold
     raw_voxels = int(raw.sum())
+    midline = body_midline(np.asarray(canon.array), cfg.postprocess.body_threshold_hu) - cxs.start
     # The float16 probabilities stay alive through clean_mask (counted in _CANONICAL_GRID_BYTES)
     # so that their histogram over the final mask can be kept.
-    cleaned, report = clean_mask(raw, canon.spacing, cfg.postprocess, hu=np.asarray(canon.array))
+    cleaned_block, report = clean_mask(raw, canon.spacing, cfg.postprocess,
+                                       midline=midline)
     del raw
-    histogram = probability_histogram(prob_canon, cleaned)
+    histogram = probability_histogram(prob_block, cleaned_block)
     if not cfg.keep_probabilities:
-        del prob_canon  # 2 bytes a voxel no longer needed: matters on 800-slice scans
+        del prob_block  # 2 bytes a voxel no longer needed: matters on 800-slice scans
+    cleaned = np.zeros(canon.array.shape, dtype=np.uint8)
+    cleaned[:, cys, cxs] = cleaned_block
     canon_mask = canon.with_array(cleaned)
     mask = _back_to_input_grid(canon_mask, vol, "nearest")
     probabilities = None
     if cfg.keep_probabilities:
-        probabilities = _back_to_input_grid(
-            canon.with_array(np.asarray(prob_canon, dtype=np.float32)), vol, "linear")
-        del prob_canon
+        full = np.zeros(canon.array.shape, dtype=np.float32)
+        full[:, cys, cxs] = prob_block
+        del prob_block
+        probabilities = _back_to_input_grid(canon.with_array(full), vol, "linear")
+        del full
     times["postprocess_s"] = time.perf_counter() - t
 
     voxel_ml = float(np.prod(canon.spacing)) / 1000.0
@@ -330,8 +395,8 @@ def segment(
         if not cleaned.any():
             log.warning("no mesh: %s: the mask is empty", source_name)
         else:
-            try:
-                mesh = mask_to_mesh(canon_mask, cfg.mesh)
+            try:  # on the block: the same surface, a fraction of the voxels to march through
+                mesh = mask_to_mesh(canon_block.with_array(cleaned_block), cfg.mesh)
             except GeometryError as exc:
                 log.warning("no mesh: %s: %s", source_name, exc)
     times["mesh_s"] = time.perf_counter() - t
@@ -348,6 +413,7 @@ def segment(
                   "obliquity_deg": round(obliquity_deg(vol), 3)},
         "processing_grid": {"shape_xyz": list(work_grid), "spacing": list(work_spacing),
                             "axis_aligned_resample": oblique},
+        "region": {"enabled": cfg.region.enabled, **region.summary()},
         "model": {"name": net.model_name, "config": net.model_config, "sha256": net.sha256,
                   "source": net.source, "trained_with": net.meta.get("spineseg_version", ""),
                   "preprocessing": net.preprocessing.to_dict()},

@@ -148,11 +148,14 @@ def _column_chain(core_ids: np.ndarray, profiles: dict[int, np.ndarray],
 
 def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
                config: PostprocessConfig | None = None,
-               hu: np.ndarray | None = None) -> tuple[np.ndarray, PostprocessReport]:
+               hu: np.ndarray | None = None,
+               midline: np.ndarray | None = None) -> tuple[np.ndarray, PostprocessReport]:
     """Return a cleaned copy of a (Z, Y, X) canonical (LPS) binary mask and what was removed.
 
     ``hu`` (the CT on the same grid) locates the body's midline; without it the mask's own
     left–right centre of mass stands in (fine unless one side holds most false positives).
+    ``midline`` (x index per slice) replaces both when the mask is a crop of the scan: the body's
+    midline must come from the whole slice, not from the crop.
     """
     cfg = config or PostprocessConfig()
     binary = np.asarray(mask) > 0
@@ -168,7 +171,9 @@ def clean_mask(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
     if big_ids.size == 0:
         return np.zeros_like(binary, dtype=np.uint8), PostprocessReport(n, n, 0, int(binary.sum()))
 
-    if hu is not None:
+    if midline is not None:
+        midline = np.asarray(midline, dtype=float)
+    elif hu is not None:
         midline = body_midline(np.asarray(hu), cfg.body_threshold_hu)
     else:
         midline = np.full(binary.shape[0], float(np.nonzero(binary)[2].mean()))

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError, ModelError
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import OptimizeConfig, optimize_network
-from spineseg.models.padding import pad_to_multiple
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,37 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _grid_box(lo: int, hi: int, frame: slice, divisor: int) -> slice:
+    """``[lo, hi)`` widened to whole cells of the ``divisor`` grid that starts at ``frame.start``.
+
+    The whole-slice pass pads the body box to a multiple of the divisor (``frame``); a region
+    cut on that grid meets the network's pooling windows exactly where the whole slice does,
+    so its probabilities differ only by the context beyond the region, not by a shifted grid.
+    """
+    f0 = frame.start
+    return slice(f0 + (lo - f0) // divisor * divisor, f0 - (-(hi - f0) // divisor) * divisor)
+
+
+def _padded_frame(box: slice, divisor: int) -> slice:
+    """The body box padded to a multiple of ``divisor``, split as
+    :func:`spineseg.models.padding.pad_to_multiple` splits it."""
+    pad = -(box.stop - box.start) % divisor
+    return slice(box.start - pad // 2, box.stop + pad - pad // 2)
+
+
+def _clip_boxes(boxes: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+    """Per-slice boxes intersected with the body box; a slice whose box ends up empty is skipped."""
+    b = np.asarray(boxes, dtype=np.int64)
+    if b.shape != (shape[0], 4):
+        raise InputError(f"boxes must have one (y0, y1, x0, x1) row per slice, shape "
+                         f"({shape[0]}, 4), got {b.shape}")
+    out = np.stack([np.maximum(b[:, 0], ys.start), np.minimum(b[:, 1], ys.stop),
+                    np.maximum(b[:, 2], xs.start), np.minimum(b[:, 3], xs.stop)], axis=1)
+    empty = (out[:, 1] <= out[:, 0]) | (out[:, 3] <= out[:, 2])
+    out[empty] = (ys.start, ys.start, xs.start, xs.start)
+    return out
+
+
 @torch.inference_mode()
 def predict_probabilities(
     model: SegmentationModel,
@@ -93,11 +124,15 @@ def predict_probabilities(
     config: PredictConfig | None = None,
     device: str | torch.device = "cpu",
     spacing_z: float = 0.0,
+    boxes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Foreground probability for every voxel of ``hu`` (Z, Y, X) as float16.
 
     ``hu`` must already be in the canonical orientation at the model's in-plane spacing;
     ``spacing_z`` (mm between slices) is needed by 2.5-D models for their slice context.
+    ``boxes`` (Z, 4) restricts the network to one in-plane box ``y0, y1, x0, x1`` per slice
+    (an empty box skips the slice): the probability outside a slice's box is exactly 0. Slices
+    are batched with the box holding all of the batch's boxes, then cut back to each one.
     """
     cfg = config or PredictConfig()
     if cfg.batch_size < 1:
@@ -111,26 +146,40 @@ def predict_probabilities(
     out = np.zeros(hu.shape, dtype=np.float16)
     ys, xs = (body_bounding_box(hu, cfg.body_threshold_hu, cfg.margin_vox) if cfg.crop_to_body
               else (slice(0, hu.shape[1]), slice(0, hu.shape[2])))
+    full = np.tile([ys.start, ys.stop, xs.start, xs.stop], (hu.shape[0], 1))
+    per_slice = full if boxes is None else _clip_boxes(boxes, hu.shape, ys, xs)
     air = float(pre.normalize(np.array([pre.hu_min]))[0])
     use_amp = dev.type == "cuda"
     # A deep copy (milliseconds for these networks), so the caller's model is never rewritten.
     net = optimize_network(model.network, OptimizeConfig(
         fold_batchnorm=cfg.fold_batchnorm, channels_last=cfg.channels_last or dev.type == "cuda"))
     channels_last = cfg.channels_last or dev.type == "cuda"
-    todo = np.arange(hu.shape[0])
+    todo = np.flatnonzero(per_slice[:, 1] > per_slice[:, 0])
     if cfg.skip_boneless_slices:
-        todo = np.flatnonzero((hu[:, ys, xs] > cfg.bone_hu).any(axis=(1, 2)))
+        bone = (hu[:, ys, xs] > cfg.bone_hu).any(axis=(1, 2))
+        todo = todo[bone[todo]]
     bar = tqdm(total=hu.shape[0], desc="slices", unit="slice", disable=not cfg.progress,
                leave=False)
     bar.update(hu.shape[0] - todo.size)
-    h, w = ys.stop - ys.start, xs.stop - xs.start
+    d = model.divisor
+    frame_y, frame_x = _padded_frame(ys, d), _padded_frame(xs, d)
     try:
         for i0 in range(0, todo.size, cfg.batch_size):
             zs = todo[i0:i0 + cfg.batch_size]
+            b = per_slice[zs]
+            # The box holding the batch's boxes, on the whole-slice pass's divisor grid; CT is
+            # read inside the body box, air fills the rest (as the whole-slice pass pads).
+            gys = _grid_box(int(b[:, 0].min()), int(b[:, 1].max()), frame_y, d)
+            gxs = _grid_box(int(b[:, 2].min()), int(b[:, 3].max()), frame_x, d)
+            rys = slice(max(gys.start, ys.start), min(gys.stop, ys.stop))
+            rxs = slice(max(gxs.start, xs.start), min(gxs.stop, xs.stop))
             # Consecutive indices (always, unless slices are skipped) are a view, not a copy.
             zsel = slice(int(zs[0]), int(zs[-1]) + 1) if zs[-1] - zs[0] + 1 == zs.size else zs
-            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, ys, xs))
-            batch, (oy, ox) = pad_to_multiple(batch, model.divisor, air)
+            batch = torch.from_numpy(pre.network_input(hu, zsel, spacing_z, rys, rxs))
+            pads = (rxs.start - gxs.start, gxs.stop - rxs.stop,
+                    rys.start - gys.start, gys.stop - rys.stop)
+            if any(pads):
+                batch = F.pad(batch, pads, value=air)
             batch = batch.to(dev, non_blocking=True)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -139,12 +188,11 @@ def predict_probabilities(
                 if cfg.mirror:  # canonical LPS: the last axis runs patient right -> left
                     mirrored = torch.sigmoid(net(batch.flip(-1))[:, 0].float()).flip(-1)
                     prob = 0.5 * (prob + mirrored)
-            crop = prob[:, oy:oy + h, ox:ox + w].cpu().numpy().astype(np.float16)
-            if isinstance(zsel, slice):
-                out[zsel, ys, xs] = crop
-            else:
-                for k, z in enumerate(zsel):
-                    out[int(z), ys, xs] = crop[k]
+            crop = prob.cpu().numpy().astype(np.float16)
+            for k, z in enumerate(zs):
+                y0, y1, x0, x1 = (int(v) for v in per_slice[z])
+                out[int(z), y0:y1, x0:x1] = crop[k, y0 - gys.start:y1 - gys.start,
+                                                 x0 - gxs.start:x1 - gxs.start]
             bar.update(zs.size)
     finally:
         bar.close()
