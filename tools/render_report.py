@@ -66,7 +66,7 @@ def render(chromium: str, page: Path) -> tuple[str, str]:
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
              "--virtual-time-budget=3000", "--dump-dom", page.resolve().as_uri() + "#sort=case"],
-            capture_output=True, text=True, timeout=120, check=False)
+            capture_output=True, text=True, errors="replace", timeout=120, check=False)
     return done.stdout, done.stderr
 
 
