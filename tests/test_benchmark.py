@@ -97,3 +97,18 @@ def test_tiny_benchmark_of_a_2_5d_model_file(tmp_path, capsys: pytest.CaptureFix
     out = _cli(["--model", str(path), "--no-nnunet"], capsys)
     ratio = next(line for line in out.splitlines() if line.startswith("vs MONAI"))
     assert float(ratio.split(":")[1].strip().rstrip("×")) > 0
+
+
+def test_memory_check_reports_a_child_that_dies_without_a_result() -> None:
+    import multiprocessing as mp
+    import os
+
+    from spineseg.benchmark.memory import wait_for_child
+    from spineseg.errors import ResourceError
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(3,))  # exits at once and sends nothing
+    proc.start()
+    with pytest.raises(ResourceError, match="exited with code 3"):
+        wait_for_child(proc, queue, poll_s=0.2)

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from queue import Empty
 from types import TracebackType
 from typing import Any
 
@@ -195,6 +196,26 @@ def _child_segment(ct_path: str, model_path: str, batch_size: int, threads: int 
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def wait_for_child(proc: Any, queue: Any, poll_s: float = 1.0) -> dict[str, Any]:
+    """The child's one message; a child that dies without sending one (killed for running out
+    of memory, say) is an error instead of a wait that never ends."""
+    try:
+        while True:
+            try:
+                return dict(queue.get(timeout=poll_s))
+            except Empty:
+                if not proc.is_alive():
+                    try:  # it may have sent its message just before exiting
+                        return dict(queue.get(timeout=poll_s))
+                    except Empty:
+                        raise ResourceError(
+                            f"memory check failed: the child process exited with code "
+                            f"{proc.exitcode} without a result (a negative code is the signal "
+                            "that killed it, -9 often the out-of-memory killer)") from None
+    finally:
+        proc.join()
+
+
 def measure_segment_memory(config: MemoryConfig | None = None) -> MemoryReport:
     """Build a large mirror-tiled phantom, segment it in a fresh process, report peak RSS."""
     cfg = config or MemoryConfig()
@@ -213,10 +234,7 @@ def measure_segment_memory(config: MemoryConfig | None = None) -> MemoryReport:
             str(ct_path), str(model_path), cfg.batch_size, cfg.threads, cfg.mesh, cfg.region,
             queue))
         proc.start()
-        try:
-            msg = queue.get()
-        finally:
-            proc.join()
+        msg = wait_for_child(proc, queue)
     if "error" in msg:
         raise ResourceError(f"memory check failed in the child process: {msg['error']}")
     phases: dict[str, int] = msg["phases"]
