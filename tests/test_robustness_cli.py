@@ -589,7 +589,8 @@ def test_batch_processes_good_cases_despite_bad_ones(model_file, tmp_path, capfd
     assert sorted(ln.split(":")[1].strip() for ln in per_case) == sorted(bad)
     assert all(ln.startswith("failed: ") for ln in per_case)
     assert last.startswith("error: 5 of 7 cases failed") and "summary.csv" in last
-    assert sorted(p.name for p in out.iterdir()) == ["a_good", "summary.csv", "z_good"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good", "report.html", "summary.csv",
+                                                        "z_good"]
     assert_no_debris(out)
     rows = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert sum(",failed," in r for r in rows) == 5 and sum(",done," in r for r in rows) == 2
