@@ -15,7 +15,8 @@ def register(sub: Any) -> None:
         description="Split a binary spine mask into vertebrae, name them C1-L5 from anchors in "
                     "the CT (ribs, pelvis) or leave them unnamed when none is in view, and "
                     "measure each (volume, trabecular HU, body heights). Writes vertebrae.nii.gz "
-                    "(on the CT's grid), vertebrae.json, vertebrae.csv, vertebrae.ply, "
+                    "(on the CT's grid), vertebrae.ctbl (its colour table), vertebrae.json, "
+                    "vertebrae.csv, vertebrae.ply, "
                     "vertebrae_preview.png and stats.json into OUTDIR.")
     p.add_argument("ct", type=Path, help="CT file (NIfTI/NRRD/MHA) or DICOM series folder")
     p.add_argument("mask", type=Path, help="binary spine mask (any non-zero voxel is spine)")
