@@ -142,3 +142,30 @@ def test_segment_vertebrae_writes_the_typed_label_files(column_series, tiny_mode
                   if s.TrackingID.endswith(f"(label {first})"))
     np.testing.assert_array_equal(read_seg_onto(out / "vertebrae.seg.dcm", ct, number),
                                   np.asarray(labels.array) == first)
+
+
+@pytest.mark.shared_data
+def test_vertebrae_of_ts_chest_dicom_read_back_identical(shared_data, tmp_path):
+    """The real, anonymised series with its reference spine mask: every vertebra segment of the
+    DICOM-SEG and the .seg.nrrd equals the label NIfTI on the source grid."""
+    import nrrd
+    import pydicom
+
+    from spineseg.io import resample_to
+
+    folder = shared_data / "ts_chest_dicom"
+    ct = read_image(folder)
+    ref = resample_to(read_image(shared_data / "ts_chest_dicom_ref" / "spine.nii.gz"), ct,
+                      interpolation="nearest")
+    result = label_vertebrae(ct, ref, output_grid=ct)
+    write_vertebrae_files(result, tmp_path, mesh=False, preview=False,
+                          formats=VertebraeFormats(ALL_TYPES, folder))
+    labels = np.asarray(read_image(tmp_path / "vertebrae.nii.gz").array)
+    segments = pydicom.dcmread(tmp_path / "vertebrae.seg.dcm").SegmentSequence
+    assert len(segments) == len(result.vertebrae) >= 2
+    for s in segments:
+        value = int(s.TrackingID.rsplit("label ", 1)[1].rstrip(")"))
+        np.testing.assert_array_equal(
+            read_seg_onto(tmp_path / "vertebrae.seg.dcm", ct, s.SegmentNumber), labels == value)
+    data, _ = nrrd.read(str(tmp_path / "vertebrae.seg.nrrd"))
+    np.testing.assert_array_equal(data.T, labels)

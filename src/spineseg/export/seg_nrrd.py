@@ -103,10 +103,9 @@ def write_seg_nrrd_labels(labels: Volume, path: str | os.PathLike[str],
     import nrrd
 
     values = np.asarray(labels.array)
-    keep = np.isin(values, [s.value for s in segments])
-    header = seg_nrrd_labels_header(labels.with_array(np.where(keep, values, 0)), segments)
-    dtype = np.uint8 if header["type"] == "unsigned char" else np.uint16
-    data_xyz = np.where(keep, values, 0).astype(dtype).T
+    kept = np.where(np.isin(values, [s.value for s in segments]), values, 0)
+    header = seg_nrrd_labels_header(labels.with_array(kept), segments)
+    data_xyz = kept.astype(np.uint8 if header["type"] == "unsigned char" else np.uint16).T
     with atomic_path(path, overwrite) as tmp:
         nrrd.write(str(tmp), np.ascontiguousarray(data_xyz), header, index_order="F")
     return Path(path)
