@@ -169,3 +169,29 @@ def test_vertebrae_of_ts_chest_dicom_read_back_identical(shared_data, tmp_path):
             read_seg_onto(tmp_path / "vertebrae.seg.dcm", ct, s.SegmentNumber), labels == value)
     data, _ = nrrd.read(str(tmp_path / "vertebrae.seg.nrrd"))
     np.testing.assert_array_equal(data.T, labels)
+
+
+def test_vertebrae_command_writes_the_typed_files_and_refuses_dicom_seg_without_a_series(
+        column_series, tmp_path, capsys):
+    from spineseg.io import write_image
+
+    folder, ct, mask, _ = column_series
+    mask_file = write_image(mask, tmp_path / "spine.nii.gz")
+    out = tmp_path / "out"
+    assert main(["vertebrae", str(folder), str(mask_file), "-o", str(out), "--mesh", "none",
+                 "--no-preview", "--output-type", "dicom-seg,seg-nrrd"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert {"vertebrae.seg.dcm", "vertebrae.seg.nrrd", "vertebrae.ctbl"} <= set(stats["outputs"])
+    assert stats["vertebrae_summary"]["count"] == 3
+    labels = np.asarray(read_image(out / "vertebrae.nii.gz").array)
+    table = json.loads((out / "vertebrae.json").read_text())["labels"]
+    assert [e["name"] for e in table] == ["L3", "L4", "L5"]
+    np.testing.assert_array_equal(read_seg_onto(out / "vertebrae.seg.dcm", ct, 1),
+                                  labels == table[0]["id"])  # segment 1: the top vertebra
+    capsys.readouterr()
+    ct_file = write_image(ct, tmp_path / "ct.nii.gz")
+    assert main(["vertebrae", str(ct_file), str(mask_file), "-o", str(tmp_path / "o2"),
+                 "--output-type", "dicom-seg"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a DICOM series" in err
+    assert not (tmp_path / "o2").exists()

@@ -214,11 +214,12 @@ def planned_names(mesh: bool, preview: bool, output_types: tuple[str, ...] = ("n
 
 
 def check_vertebrae_outputs(outdir: Path, mesh: bool, preview: bool, overwrite: bool,
-                            inputs: list[Path]) -> None:
+                            inputs: list[Path], output_types: tuple[str, ...] = ("nifti",)
+                            ) -> None:
     """Fail before any work if an output exists (without overwrite) or would hit an input."""
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: output path exists and is not a folder")
-    planned = [outdir / n for n in planned_names(mesh, preview)]
+    planned = [outdir / n for n in planned_names(mesh, preview, output_types)]
     check_not_inputs(planned, inputs)
     if not overwrite:
         existing = next((p for p in planned if p.exists()), None)
@@ -228,19 +229,22 @@ def check_vertebrae_outputs(outdir: Path, mesh: bool, preview: bool, overwrite: 
 
 def save_vertebrae(result: VertebraeResult, outdir: str | os.PathLike[str], *,
                    mesh: bool = True, preview: bool = True, overwrite: bool = False,
-                   inputs: list[Path] | None = None, extra_stats: dict[str, Any] | None = None
-                   ) -> list[Path]:
+                   inputs: list[Path] | None = None, extra_stats: dict[str, Any] | None = None,
+                   formats: VertebraeFormats | None = None) -> list[Path]:
     """Write the whole vertebra set plus ``stats.json`` into ``outdir``, all or nothing."""
     out = Path(outdir)
+    formats = formats or VertebraeFormats()
     with claim_output_folder(out):
-        check_vertebrae_outputs(out, mesh, preview, overwrite, inputs or [])
+        check_vertebrae_outputs(out, mesh, preview, overwrite, inputs or [],
+                                formats.output_types)
         try:
             stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.vertebrae-", dir=out.parent))
         except OSError as exc:
             raise OutputError(f"{out}: cannot write here ({exc.strerror})") from exc
         try:
             files = write_vertebrae_files(result, stage, mesh=mesh, preview=preview,
-                                          title=(extra_stats or {}).get("source", ""))
+                                          title=(extra_stats or {}).get("source", ""),
+                                          formats=formats)
             stats = {**(extra_stats or {}), **vertebrae_stats(result),
                      "outputs": sorted({p.name for p in files} | {STATS})}
             (stage / STATS).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
