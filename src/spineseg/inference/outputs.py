@@ -203,15 +203,17 @@ def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _dicom_source(result: SegmentResult, source: str) -> vertebra_outputs.VertebraeFormats:
-    """The series (and acquisition) the case was read from, and the algorithm's identity."""
+def _formats(result: SegmentResult, source: str, output_types: tuple[str, ...]
+             ) -> vertebra_outputs.VertebraeFormats:
+    """The formats asked for, the series (and acquisition) the case was read from, and the
+    algorithm's identity: what a DICOM-SEG of the spine or of the vertebrae references."""
     recorded = result.stats.get("input", {})
     series = recorded.get("series_uid")
     if series is not None and recorded.get("acquisition"):
         series = f"{series}:{recorded['acquisition']}"
     model = result.stats.get("model", {})
     return vertebra_outputs.VertebraeFormats(
-        series_folder=Path(source) if source else None, series_uid=series,
+        output_types, series_folder=Path(source) if source else None, series_uid=series,
         dicom_info=DicomSegInfo(model_sha256=str(model.get("sha256", "")),
                                 model_name=str(model.get("name", ""))))
 
@@ -222,7 +224,7 @@ def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConf
     write_image(result.mask, stage / OUTPUT_FILES["nifti"])
     if "seg-nrrd" in cfg.output_types:
         write_seg_nrrd(result.mask, stage / OUTPUT_FILES["seg-nrrd"])
-    dicom = dataclasses.replace(_dicom_source(result, source), output_types=cfg.output_types)
+    dicom = _formats(result, source, cfg.output_types)
     if "dicom-seg" in cfg.output_types:
         write_dicom_seg(result.mask, source, stage / OUTPUT_FILES["dicom-seg"],
                         series_uid=dicom.series_uid, info=dicom.dicom_info)
