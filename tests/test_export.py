@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 import spineseg
+from seg_readback import read_seg_onto
 from spineseg.cli.main import main
 from spineseg.errors import InputError, OutputError
 from spineseg.export import parse_output_types
-from spineseg.export.dicom_seg import DicomSegInfo, write_dicom_seg
+from spineseg.export.dicom_seg import DicomSegInfo, write_dicom_seg, write_dicom_seg_labels
 from spineseg.export.seg_nrrd import write_seg_nrrd
+from spineseg.export.terminology import Code, LabelSegment, vertebra_term
 from spineseg.inference.model_file import load_segmentation_model
 from spineseg.inference.pipeline import SegmentConfig
 from spineseg.inference.predict import PredictConfig
@@ -36,29 +38,11 @@ OBLIQUE_FLIPPED = tuple((_rotation_z(25.0) @ np.diag([1.0, -1.0, -1.0])).ravel()
 
 
 def _read_seg_onto(path, reference: Volume) -> np.ndarray:
-    """A DICOM-SEG's segment 1 on ``reference``'s grid, each frame placed by its own position and
-    orientation in physical space (what a viewer does), not by frame order."""
+    """A DICOM-SEG's only segment on ``reference``'s grid, frames placed by position."""
     import highdicom as hd
 
-    seg = hd.seg.segread(path)
-    out = np.zeros(reference.array.shape, np.uint8)
-    d = reference.direction_matrix
-    inverse = np.linalg.inv(d * np.asarray(reference.spacing))
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    iop = np.asarray([float(v) for v in
-                      shared.PlaneOrientationSequence[0].ImageOrientationPatient])
-    np.testing.assert_allclose(iop, np.concatenate([d[:, 0], d[:, 1]]), atol=1e-5)
-    frames = seg.pixel_array.reshape(-1, *reference.array.shape[1:])
-    for item, frame in zip(seg.PerFrameFunctionalGroupsSequence, frames, strict=True):
-        ident = item if "SegmentIdentificationSequence" in item else shared
-        assert int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == 1
-        position = np.asarray([float(v) for v in
-                               item.PlanePositionSequence[0].ImagePositionPatient])
-        index = inverse @ (position - np.asarray(reference.origin))
-        k = round(float(index[2]))
-        np.testing.assert_allclose(index, [0, 0, k], atol=1e-3)
-        out[k] |= frame.astype(np.uint8)
-    return out
+    assert len(hd.seg.segread(path).SegmentSequence) == 1
+    return read_seg_onto(path, reference, segment=1)
 
 
 def _asymmetric_mask(shape: tuple[int, int, int]) -> np.ndarray:
@@ -122,6 +106,47 @@ def test_dicom_seg_refuses_a_mask_off_the_series_grid(oblique_series, tmp_path):
         write_dicom_seg(Volume(np.zeros((3, 24, 20), np.uint8), ct.spacing, ct.origin,
                                ct.direction), folder, tmp_path / "m.seg.dcm")
     assert not list(tmp_path.iterdir())
+
+
+def test_dicom_seg_of_a_label_map_has_one_coded_segment_per_label(oblique_series, tmp_path):
+    """Non-contiguous label values (VerSe ids, an unnamed 101) become segments 1, 2, …, each
+    read back onto the oblique, flipped source grid equal to ``labels == value``."""
+    import pydicom
+
+    folder, ct = oblique_series
+    labels = np.zeros(ct.array.shape, np.uint16)
+    labels[1:3, 4:12, 3:9] = 20   # L1
+    labels[3:5, 6:14, 5:11] = 19  # T12
+    labels[0, 14:20, 10:16] = 25  # L6: no CID 7151 entry
+    labels[5, 2:6, 12:18] = 101   # unnamed
+    labels[4, 0:2, 0:2] = 7       # a value no segment lists: left out
+    segments = [LabelSegment(v, vertebra_term(n, (10 * i, 20, 30)))
+                for i, (v, n) in enumerate([(19, "T12"), (20, "L1"), (25, "L6"), (101, "V1")])]
+    path = write_dicom_seg_labels(ct.with_array(labels), folder, tmp_path / "v.seg.dcm",
+                                  segments, info=DicomSegInfo(model_sha256="cd" * 32))
+    for number, seg in enumerate(segments, start=1):
+        np.testing.assert_array_equal(read_seg_onto(path, ct, number), labels == seg.value)
+    ds = pydicom.dcmread(path)
+    got = [(s.SegmentNumber, s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning, s.TrackingID)
+           for s in ds.SegmentSequence]
+    assert got == [(1, "T12", "23215003", "T12 vertebra", "T12 (label 19)"),
+                   (2, "L1", "66794005", "L1 vertebra", "L1 (label 20)"),
+                   (3, "L6", "51282000", "Vertebra", "L6 (label 25)"),
+                   (4, "V1", "51282000", "Vertebra", "V1 (label 101)")]
+    for s in ds.SegmentSequence:
+        assert s.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+        algorithm = s.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == "spineseg" and "cd" * 32 in algorithm.AlgorithmParameters
+
+
+def test_vertebra_codes_are_those_of_dicom_cid_7151():
+    from pydicom.sr.codedict import codes
+
+    assert vertebra_term("L1", (0, 0, 0)).type == Code("SCT", "66794005", "L1 vertebra")
+    assert vertebra_term("C2", (0, 0, 0)).type.value == codes.cid7151.C2Vertebra.value
+    for name in ("L6", "T13", "V3", "L1 "):
+        assert vertebra_term(name, (0, 0, 0)).type == Code("SCT", "51282000", "Vertebra")
 
 
 @pytest.fixture(scope="module")

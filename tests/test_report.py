@@ -173,6 +173,50 @@ def test_render_report_rows_flags_first_and_self_contained(tmp_path):
     assert thumbnail_data_uri(tmp_path / "missing.png") is None
 
 
+class _Cells(HTMLParser):
+    """Header labels and each row's cell texts, in page order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: list[str] = []
+        self.rows: list[list[str]] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr" and dict(attrs).get("data-case"):
+            self.rows.append([])
+        if tag in ("th", "td"):
+            self._in = tag
+            (self.heads if tag == "th" else self.rows[-1]).append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td"):
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in == "th":
+            self.heads[-1] += data
+        elif self._in == "td" and self.rows:
+            self.rows[-1][-1] += data
+
+
+def test_report_shows_the_vertebra_count_when_vertebrae_were_computed():
+    rows = [ReportRow("a", "done", record={"vertebrae_summary": {"count": 7}, "flags": []}),
+            ReportRow("b", "done", record={"vertebrae": {"vertebrae_L1": {}, "vertebrae_L2": {}},
+                                           "flags": []}),  # a record without "count"
+            ReportRow("c", "done", record={"flags": []})]
+    parser = _Cells()
+    parser.feed(render_report(rows))
+    column = parser.heads.index("Vertebrae")
+    assert {r[0]: r[column] for r in parser.rows} == {"a": "7", "b": "2", "c": ""}
+    assert [r["data-vertebrae"] for r in _parse(render_report(rows)).rows] == ["7", "2", ""]
+    plain = _Cells()
+    plain.feed(render_report([rows[2]]))
+    assert "Vertebrae" not in plain.heads
+    assert all(len(r) == len(plain.heads) for r in plain.rows)
+    assert all(len(r) == len(parser.heads) for r in parser.rows)
+
+
 def _planted_cohort(root: Path) -> Path:
     """Two synthetic cases and a planted failure (an unreadable file)."""
     root.mkdir()

@@ -134,8 +134,8 @@ def test_cli_writes_every_output(column_files, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["vertebrae", str(ct), str(mask), "-o", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"vertebrae.nii.gz", "vertebrae.json", "vertebrae.csv", "vertebrae.ply",
-                     "vertebrae_preview.png", "stats.json"}
+    assert names == {"vertebrae.nii.gz", "vertebrae.ctbl", "vertebrae.json", "vertebrae.csv",
+                     "vertebrae.ply", "vertebrae_preview.png", "stats.json"}
     table = json.loads((out / "vertebrae.json").read_text())
     assert [e["name"] for e in table["labels"]][:2] == ["T11", "T12"]
     assert table["named"] and all(len(e["colour"]) == 3 for e in table["labels"])

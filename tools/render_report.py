@@ -66,7 +66,9 @@ def render(chromium: str, page: Path) -> tuple[str, str]:
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
              "--virtual-time-budget=3000", "--dump-dom", page.resolve().as_uri() + "#sort=case"],
-            capture_output=True, text=True, errors="replace", timeout=120, check=False)
+            # Decoded as UTF-8 whatever the process locale is: ITK's DICOM writer switches
+            # it to "C" (ASCII), and the page holds non-ASCII text.
+            capture_output=True, encoding="utf-8", errors="replace", timeout=120, check=False)
     return done.stdout, done.stderr
 
 

@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write spine_prob.nii.gz")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
     p.add_argument("--vertebrae", action="store_true",
-                   help="also split the mask into named vertebrae (vertebrae.nii.gz, .json, "
-                        ".csv, .ply, vertebrae_preview.png; see docs/vertebrae.md)")
+                   help="also split the mask into named vertebrae (vertebrae.nii.gz, .ctbl, "
+                        ".json, .csv, .ply, vertebrae_preview.png, and vertebrae.seg.dcm/"
+                        ".seg.nrrd with --output-type; see docs/vertebrae.md)")
     p.add_argument("--no-postprocess", action="store_true",
                    help="keep every thresholded voxel (no island removal)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")

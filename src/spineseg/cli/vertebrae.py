@@ -15,7 +15,8 @@ def register(sub: Any) -> None:
         description="Split a binary spine mask into vertebrae, name them C1-L5 from anchors in "
                     "the CT (ribs, pelvis) or leave them unnamed when none is in view, and "
                     "measure each (volume, trabecular HU, body heights). Writes vertebrae.nii.gz "
-                    "(on the CT's grid), vertebrae.json, vertebrae.csv, vertebrae.ply, "
+                    "(on the CT's grid), vertebrae.ctbl (its colour table), vertebrae.json, "
+                    "vertebrae.csv, vertebrae.ply, "
                     "vertebrae_preview.png and stats.json into OUTDIR.")
     p.add_argument("ct", type=Path, help="CT file (NIfTI/NRRD/MHA) or DICOM series folder")
     p.add_argument("mask", type=Path, help="binary spine mask (any non-zero voxel is spine)")
@@ -25,15 +26,24 @@ def register(sub: Any) -> None:
     p.add_argument("--mesh", choices=["ply", "none"], default="ply",
                    help="coloured mesh, one colour per vertebra (default ply)")
     p.add_argument("--no-preview", action="store_true", help="skip vertebrae_preview.png")
+    p.add_argument("--output-type", action="append", default=[], metavar="TYPE",
+                   help="label-map formats besides vertebrae.nii.gz: dicom-seg "
+                        "(vertebrae.seg.dcm, DICOM series CT only), seg-nrrd "
+                        "(vertebrae.seg.nrrd, 3D Slicer); repeat or comma-separate")
     p.add_argument("--series", default=None, help="DICOM SeriesInstanceUID of the CT")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from spineseg.export import check_output_types, parse_output_types
     from spineseg.io import read_image
     from spineseg.vertebrae.analysis import label_vertebrae
-    from spineseg.vertebrae.outputs import check_vertebrae_outputs, save_vertebrae
+    from spineseg.vertebrae.outputs import (
+        VertebraeFormats,
+        check_vertebrae_outputs,
+        save_vertebrae,
+    )
 
     if not str(args.output).strip():
         raise InputError("empty output folder (use -o . for the current folder)")
@@ -42,13 +52,16 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
     mesh, preview = args.mesh != "none", not args.no_preview
-    check_vertebrae_outputs(args.output, mesh, preview, args.overwrite, inputs)
+    types = parse_output_types(args.output_type)
+    check_output_types(types, [args.ct])
+    check_vertebrae_outputs(args.output, mesh, preview, args.overwrite, inputs, types)
     ct = read_image(args.ct, series_uid=args.series)
     mask = read_image(args.mask)
     prob = read_image(args.prob) if args.prob is not None else None
     result = label_vertebrae(ct, mask, prob)
     written = save_vertebrae(result, args.output, mesh=mesh, preview=preview,
                              overwrite=args.overwrite, inputs=inputs,
+                             formats=VertebraeFormats(types, args.ct, args.series),
                              extra_stats={"source": str(args.ct), "mask": str(args.mask)})
     print(result.report.note)
     for note in result.report.transitional:

@@ -22,7 +22,7 @@ import numpy as np
 
 from spineseg import __version__
 from spineseg.errors import InputError, OutputError
-from spineseg.export.terminology import SPINE, SegmentTerm
+from spineseg.export.terminology import SPINE, LabelSegment, SegmentTerm
 from spineseg.io import Volume, atomic_path
 from spineseg.io.dicom import dicom_series_files
 
@@ -118,6 +118,21 @@ def write_dicom_seg(mask: Volume, series_folder: str | os.PathLike[str],
     Raises :class:`InputError` when the source cannot be read, :class:`OutputError` when the
     mask is not on its grid or the file cannot be written.
     """
+    binary = mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8))
+    return write_dicom_seg_labels(binary, series_folder, path, [LabelSegment(1, term)],
+                                  series_uid=series_uid, info=info, overwrite=overwrite)
+
+
+def write_dicom_seg_labels(labels: Volume, series_folder: str | os.PathLike[str],
+                           path: str | os.PathLike[str], segments: Sequence[LabelSegment], *,
+                           series_uid: str | None = None, info: DicomSegInfo | None = None,
+                           overwrite: bool = False) -> Path:
+    """Write a label map (the series' grid) as a DICOM-SEG with one segment per entry.
+
+    DICOM numbers segments 1, 2, … without gaps, so ``segments[i]`` becomes segment ``i + 1``
+    whatever its voxel value (VerSe ids are not contiguous); the value is kept in the segment's
+    tracking id. Voxels of values not listed are left out. Errors as :func:`write_dicom_seg`.
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -125,39 +140,46 @@ def write_dicom_seg(mask: Volume, series_folder: str | os.PathLike[str],
     info = info or DicomSegInfo()
     files = dicom_series_files(folder, series_uid=series_uid)
     datasets = _read_headers(files)
-    _check_grid(mask, datasets, folder)
+    _check_grid(labels, datasets, folder)
     _complete_identifiers(datasets, folder)
     parameters = {k: v for k, v in (("model_sha256", info.model_sha256),
                                     ("model_name", info.model_name)) if v}
     algorithm = hd.AlgorithmIdentificationSequence(
         name="spineseg", version=__version__, family=codes.cid7162.ArtificialIntelligence,
         parameters=parameters or None)
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=term.label,
-        segmented_property_category=hd.sr.CodedConcept(
-            term.category.value, term.category.scheme, term.category.meaning),
-        segmented_property_type=hd.sr.CodedConcept(
-            term.type.value, term.type.scheme, term.type.meaning),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-        tracking_uid=hd.UID(), tracking_id=term.label,
-        display_color=hd.color.CIELabColor.from_rgb(*term.color_rgb))
-    pixels = np.asarray(mask.array) > 0
+    values = np.asarray(labels.array)
+    numbers = np.zeros(values.shape, np.uint16)
+    descriptions = []
+    for number, seg in enumerate(segments, start=1):
+        numbers[values == seg.value] = number
+        term = seg.term
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=term.label,
+            segmented_property_category=hd.sr.CodedConcept(
+                term.category.value, term.category.scheme, term.category.meaning),
+            segmented_property_type=hd.sr.CodedConcept(
+                term.type.value, term.type.scheme, term.type.meaning),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=term.label if len(segments) == 1 else f"{term.label} (label {seg.value})",
+            display_color=hd.color.CIELabColor.from_rgb(*term.color_rgb)))
+    if not descriptions:
+        raise OutputError(f"{path}: no segments to write")
     try:
         seg = hd.seg.Segmentation(
-            source_images=datasets, pixel_array=pixels.astype(np.uint8),
+            source_images=datasets, pixel_array=numbers,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
+            segment_descriptions=descriptions,
             series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
             instance_number=1, manufacturer="spineseg", manufacturer_model_name="spineseg",
             software_versions=__version__, device_serial_number="none",
             series_description=info.series_description,
             # An empty mask still becomes a valid object a viewer opens (with empty frames),
             # rather than an error: "no spine found" is a result too.
-            omit_empty_frames=bool(pixels.any()))
+            omit_empty_frames=bool(numbers.any()))
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"{folder}: cannot build a DICOM-SEG for this series ({exc})") from exc
     with atomic_path(path, overwrite) as tmp:
         seg.save_as(tmp)
     return Path(path)
-

@@ -70,7 +70,8 @@ def planned_outputs(outdir: Path, cfg: OutputConfig) -> list[Path]:
     if cfg.probabilities:
         names.append("spine_prob.nii.gz")
     if cfg.vertebrae:
-        names += vertebra_outputs.planned_names(bool(cfg.mesh_format), cfg.preview)[:-1]
+        names += vertebra_outputs.planned_names(bool(cfg.mesh_format), cfg.preview,
+                                                cfg.output_types)[:-1]
     return [outdir / n for n in names]
 
 
@@ -206,15 +207,19 @@ def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write_dicom_seg(result: SegmentResult, path: Path, source: str) -> None:
+def _formats(result: SegmentResult, source: str, output_types: tuple[str, ...]
+             ) -> vertebra_outputs.VertebraeFormats:
+    """The formats asked for, the series (and acquisition) the case was read from, and the
+    algorithm's identity: what a DICOM-SEG of the spine or of the vertebrae references."""
     recorded = result.stats.get("input", {})
     series = recorded.get("series_uid")
     if series is not None and recorded.get("acquisition"):
         series = f"{series}:{recorded['acquisition']}"
     model = result.stats.get("model", {})
-    write_dicom_seg(result.mask, source, path, series_uid=series,
-                    info=DicomSegInfo(model_sha256=str(model.get("sha256", "")),
-                                      model_name=str(model.get("name", ""))))
+    return vertebra_outputs.VertebraeFormats(
+        output_types, series_folder=Path(source) if source else None, series_uid=series,
+        dicom_info=DicomSegInfo(model_sha256=str(model.get("sha256", "")),
+                                model_name=str(model.get("name", ""))))
 
 
 def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConfig,
@@ -223,8 +228,10 @@ def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConf
     write_image(result.mask, stage / OUTPUT_FILES["nifti"])
     if "seg-nrrd" in cfg.output_types:
         write_seg_nrrd(result.mask, stage / OUTPUT_FILES["seg-nrrd"])
+    dicom = _formats(result, source, cfg.output_types)
     if "dicom-seg" in cfg.output_types:
-        _write_dicom_seg(result, stage / OUTPUT_FILES["dicom-seg"], source)
+        write_dicom_seg(result.mask, source, stage / OUTPUT_FILES["dicom-seg"],
+                        series_uid=dicom.series_uid, info=dicom.dicom_info)
     if cfg.probabilities and result.probabilities is not None:
         write_image(result.probabilities, stage / "spine_prob.nii.gz")
     if cfg.mesh_format and result.mesh is not None:
@@ -234,7 +241,7 @@ def _write_staged(result: SegmentResult, out: Path, stage: Path, cfg: OutputConf
                      stage / "preview.png", title=Path(source).name if source else "")
     if vertebrae is not None:
         vertebra_outputs.write_vertebrae_files(vertebrae, stage, mesh=bool(cfg.mesh_format),
-                                               preview=cfg.preview,
+                                               preview=cfg.preview, formats=dicom,
                                                title=Path(source).name if source else "")
     names = sorted({p.name for p in stage.iterdir()} | {STATS})
     stats = dict(result.stats, **case_quality(result), outputs=names)

@@ -2,7 +2,8 @@
 
 One self-contained file (inline CSS and JavaScript, thumbnails embedded as data URIs), so it opens
 offline, can be mailed or archived with the results, and requests nothing from anywhere. One row
-per case: preview thumbnail, status, flags, volume, extent, intensity, runtime; rows with flags
+per case: preview thumbnail, status, flags, volume, extent, intensity, runtime, and the vertebra
+count when any case was split into vertebrae (``segment --vertebrae``); rows with flags
 come first and any column sorts on a click. The page is built from each case's ``stats.json``,
 so a case finished by an earlier run (skipped now) shows its figures and flags too.
 """
@@ -131,9 +132,20 @@ _JS = """
 _COLUMNS = [("case", "Case"), (None, "Preview"), ("status", "Status"), ("flags", "Flags"),
             ("volume", "Volume (mL)"), ("extent", "Extent (mm)"), ("hu", "HU mean / median"),
             ("seconds", "Runtime (s)")]
+_VERTEBRAE_COLUMN = ("vertebrae", "Vertebrae")
 
 
-def _row_html(row: ReportRow) -> str:
+def vertebra_count(record: dict[str, Any]) -> int | None:
+    """How many vertebrae a case's ``stats.json`` lists; None when none were computed."""
+    summary = record.get("vertebrae_summary")
+    count = summary.get("count") if isinstance(summary, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    listed = record.get("vertebrae")
+    return len(listed) if isinstance(listed, dict) else None  # records written before "count"
+
+
+def _row_html(row: ReportRow, with_vertebrae: bool = False) -> str:
     rec = row.record
     stats = rec.get("statistics") if isinstance(rec.get("statistics"), dict) else {}
     volume = rec.get("spine_volume_ml")
@@ -155,6 +167,11 @@ def _row_html(row: ReportRow) -> str:
     attrs = {"case": row.case, "status": row.status, "flags": _weight(row),
              "volume": "" if volume is None else volume, "extent": "" if extent is None else extent,
              "hu": "" if mean is None else mean, "seconds": "" if seconds is None else seconds}
+    count = vertebra_count(rec)
+    if with_vertebrae:
+        attrs["vertebrae"] = "" if count is None else count
+    vertebrae = (f'<td class="num">{"" if count is None else count}</td>'
+                 if with_vertebrae else "")
     data = " ".join(f'data-{k}="{html.escape(str(v))}"' for k, v in attrs.items())
     cls = ' class="failed"' if row.status == "failed" else ""
     hu = f"{_number(mean)} / {_number(median)}" if mean is not None else ""
@@ -163,7 +180,7 @@ def _row_html(row: ReportRow) -> str:
             f'<td class="status-{html.escape(row.status)}">{html.escape(row.status)}</td>'
             f'<td>{flags}<div class="msg">{html.escape(message)}</div></td>'
             f'<td class="num">{_number(volume)}</td><td class="num">{_number(extent, 0)}</td>'
-            f'<td class="num">{hu}</td><td class="num">{_number(seconds)}</td></tr>')
+            f'<td class="num">{hu}</td><td class="num">{_number(seconds)}</td>{vertebrae}</tr>')
 
 
 def render_report(rows: Sequence[ReportRow], title: str = "spineseg cohort report") -> str:
@@ -179,9 +196,11 @@ def render_report(rows: Sequence[ReportRow], title: str = "spineseg cohort repor
                + (f", model SHA-256 {html.escape(', '.join(models))}…" if models else "")
                + f"; written {time.strftime('%Y-%m-%d %H:%M')}. Click a column to sort; hover "
                "a flag for what was measured.")
+    with_vertebrae = any(vertebra_count(r.record) is not None for r in rows)
+    columns = [*_COLUMNS, *([_VERTEBRAE_COLUMN] if with_vertebrae else [])]
     heads = "".join(f'<th data-key="{key}">{label}</th>' if key else f"<th>{label}</th>"
-                    for key, label in _COLUMNS)
-    body = "\n".join(_row_html(r) for r in ordered)
+                    for key, label in columns)
+    body = "\n".join(_row_html(r, with_vertebrae) for r in ordered)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>"
             '<link rel="icon" href="data:,">'  # no favicon request: nothing leaves the page

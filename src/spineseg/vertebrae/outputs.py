@@ -1,5 +1,10 @@
 """Write a :class:`VertebraeResult`: label map, label table, CSV, coloured mesh, named preview.
 
+The label map ``vertebrae.nii.gz`` is marked as one in its header and names its colour table
+``vertebrae.ctbl`` (3D Slicer's format); with ``--output-type`` it is also written as a DICOM-SEG
+(``vertebrae.seg.dcm``, one coded segment per vertebra) and a 3D Slicer segmentation
+(``vertebrae.seg.nrrd``), each vertebra with its name, colour and terminology.
+
 :func:`write_vertebrae_files` writes into a folder that the caller stages (``spineseg segment
 --vertebrae`` adds them to its own all-or-nothing set); :func:`save_vertebrae` is the standalone
 writer: every file goes into a hidden staging folder beside OUTDIR and is renamed into place only
@@ -15,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,11 @@ import numpy as np
 import trimesh
 
 from spineseg.errors import GeometryError, OutputError
+from spineseg.export.dicom_seg import DicomSegInfo, write_dicom_seg_labels
+from spineseg.export.label_map import colour_table_text, write_label_nifti
+from spineseg.export.seg_nrrd import write_seg_nrrd_labels
+from spineseg.export.terminology import LabelSegment, vertebra_term
 from spineseg.inference.claim import check_not_inputs, claim_output_folder
-from spineseg.io import write_image
 from spineseg.io.atomic import atomic_path
 from spineseg.io.mesh import write_mesh
 from spineseg.reconstruction.mesh import MeshConfig, mask_to_mesh
@@ -38,9 +47,12 @@ TABLE = "vertebrae.json"
 CSV = "vertebrae.csv"
 MESH = "vertebrae.ply"
 PREVIEW = "vertebrae_preview.png"
+COLOURS = "vertebrae.ctbl"
+#: The label map in the formats of ``--output-type`` besides NIfTI.
+TYPED_FILES = {"dicom-seg": "vertebrae.seg.dcm", "seg-nrrd": "vertebrae.seg.nrrd"}
 STATS = "stats.json"
 #: Every file the vertebra outputs may add to a case folder.
-VERTEBRAE_NAMES = frozenset({LABELS, TABLE, CSV, MESH, PREVIEW})
+VERTEBRAE_NAMES = frozenset({LABELS, TABLE, CSV, MESH, PREVIEW, COLOURS, *TYPED_FILES.values()})
 _WINDOW = (-400.0, 1200.0)
 
 
@@ -60,9 +72,27 @@ def label_table(result: VertebraeResult) -> dict[str, Any]:
 
 
 def vertebrae_stats(result: VertebraeResult) -> dict[str, Any]:
-    """Per-vertebra entries for ``stats.json``, keyed TotalSegmentator-style (``vertebrae_L1``)."""
+    """Per-vertebra entries for ``stats.json``, keyed TotalSegmentator-style (``vertebrae_L1``),
+    and the count a cohort report shows."""
     return {"vertebrae": {r["structure"]: r for r in result.rows()},
-            "vertebrae_summary": result.summary()}
+            "vertebrae_summary": {"count": len(result.vertebrae), **result.summary()}}
+
+
+def label_segments(result: VertebraeResult) -> list[LabelSegment]:
+    """One segment per vertebra from the top down: its VerSe id, name, colour and coded type,
+    the same in the colour table, the DICOM-SEG and the ``.seg.nrrd``."""
+    return [LabelSegment(v.label, vertebra_term(v.name, colour(v.label)))
+            for v in reversed(result.vertebrae)]
+
+
+@dataclass(frozen=True)
+class VertebraeFormats:
+    """Label-map formats besides NIfTI, and the source series a DICOM-SEG references."""
+
+    output_types: tuple[str, ...] = ("nifti",)
+    series_folder: Path | None = None
+    series_uid: str | None = None
+    dicom_info: DicomSegInfo | None = None
 
 
 def _csv_text(result: VertebraeResult) -> str:
@@ -130,12 +160,38 @@ def save_named_preview(result: VertebraeResult, path: Path, title: str = "") -> 
     return path
 
 
+def _write_typed(result: VertebraeResult, out: Path, formats: VertebraeFormats) -> list[Path]:
+    segments = label_segments(result)
+    written: list[Path] = []
+    if not segments:  # nothing to describe; the NIfTI and the tables say "no vertebrae"
+        return written
+    if "dicom-seg" in formats.output_types:
+        if formats.series_folder is None:
+            raise OutputError(f"{out}: a vertebrae DICOM-SEG needs the source DICOM series")
+        written.append(write_dicom_seg_labels(
+            result.labels, formats.series_folder, out / TYPED_FILES["dicom-seg"], segments,
+            series_uid=formats.series_uid,
+            info=replace(formats.dicom_info or DicomSegInfo(),
+                                     series_description="spineseg vertebrae"),
+            overwrite=True))
+    if "seg-nrrd" in formats.output_types:
+        written.append(write_seg_nrrd_labels(result.labels, out / TYPED_FILES["seg-nrrd"],
+                                             segments, overwrite=True))
+    return written
+
+
 def write_vertebrae_files(result: VertebraeResult, folder: str | os.PathLike[str], *,
                           mesh: bool = True, preview: bool = True, title: str = "",
-                          max_faces: int = 200_000) -> list[Path]:
+                          max_faces: int = 200_000,
+                          formats: VertebraeFormats | None = None) -> list[Path]:
     """Write the vertebra outputs into ``folder`` (which the caller stages); returns the paths."""
     out = Path(folder)
-    written = [write_image(result.labels, out / LABELS, overwrite=True)]
+    written = [write_label_nifti(result.labels, out / LABELS, colour_table=COLOURS,
+                                 intent_name="vertebrae", overwrite=True)]
+    (out / COLOURS).write_text(colour_table_text(label_segments(result), COLOURS),
+                               encoding="utf-8")
+    written.append(out / COLOURS)
+    written += _write_typed(result, out, formats or VertebraeFormats())
     table = out / TABLE
     table.write_text(json.dumps(label_table(result), indent=2) + "\n", encoding="utf-8")
     (out / CSV).write_text(_csv_text(result), encoding="utf-8")
@@ -149,17 +205,21 @@ def write_vertebrae_files(result: VertebraeResult, folder: str | os.PathLike[str
     return written
 
 
-def planned_names(mesh: bool, preview: bool) -> list[str]:
+def planned_names(mesh: bool, preview: bool, output_types: tuple[str, ...] = ("nifti",)
+                  ) -> list[str]:
     """The files a set holds, ``stats.json`` last (segment writes its own)."""
-    return [LABELS, TABLE, CSV, *([MESH] if mesh else []), *([PREVIEW] if preview else []), STATS]
+    typed = [TYPED_FILES[t] for t in output_types if t in TYPED_FILES]
+    return [LABELS, COLOURS, *typed, TABLE, CSV, *([MESH] if mesh else []),
+            *([PREVIEW] if preview else []), STATS]
 
 
 def check_vertebrae_outputs(outdir: Path, mesh: bool, preview: bool, overwrite: bool,
-                            inputs: list[Path]) -> None:
+                            inputs: list[Path], output_types: tuple[str, ...] = ("nifti",)
+                            ) -> None:
     """Fail before any work if an output exists (without overwrite) or would hit an input."""
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: output path exists and is not a folder")
-    planned = [outdir / n for n in planned_names(mesh, preview)]
+    planned = [outdir / n for n in planned_names(mesh, preview, output_types)]
     check_not_inputs(planned, inputs)
     if not overwrite:
         existing = next((p for p in planned if p.exists()), None)
@@ -169,19 +229,22 @@ def check_vertebrae_outputs(outdir: Path, mesh: bool, preview: bool, overwrite: 
 
 def save_vertebrae(result: VertebraeResult, outdir: str | os.PathLike[str], *,
                    mesh: bool = True, preview: bool = True, overwrite: bool = False,
-                   inputs: list[Path] | None = None, extra_stats: dict[str, Any] | None = None
-                   ) -> list[Path]:
+                   inputs: list[Path] | None = None, extra_stats: dict[str, Any] | None = None,
+                   formats: VertebraeFormats | None = None) -> list[Path]:
     """Write the whole vertebra set plus ``stats.json`` into ``outdir``, all or nothing."""
     out = Path(outdir)
+    formats = formats or VertebraeFormats()
     with claim_output_folder(out):
-        check_vertebrae_outputs(out, mesh, preview, overwrite, inputs or [])
+        check_vertebrae_outputs(out, mesh, preview, overwrite, inputs or [],
+                                formats.output_types)
         try:
             stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.vertebrae-", dir=out.parent))
         except OSError as exc:
             raise OutputError(f"{out}: cannot write here ({exc.strerror})") from exc
         try:
             files = write_vertebrae_files(result, stage, mesh=mesh, preview=preview,
-                                          title=(extra_stats or {}).get("source", ""))
+                                          title=(extra_stats or {}).get("source", ""),
+                                          formats=formats)
             stats = {**(extra_stats or {}), **vertebrae_stats(result),
                      "outputs": sorted({p.name for p in files} | {STATS})}
             (stage / STATS).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
