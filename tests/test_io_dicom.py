@@ -180,3 +180,11 @@ def test_single_slice_is_2d(tmp_path):
     folder = _write_slices(tmp_path / "s", [(np.zeros((8, 8)), 0, 1)])
     with pytest.raises(GeometryError, match="2D"):
         read_image(folder)
+
+
+def test_writing_a_series_leaves_the_callers_locale_alone(tmp_path) -> None:
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL, None)
+    write_dicom_series(Volume(np.zeros((3, 8, 8), np.int16), (1.0, 1.0, 1.0)), tmp_path / "s")
+    assert locale.setlocale(locale.LC_ALL, None) == before

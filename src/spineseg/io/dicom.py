@@ -31,6 +31,7 @@ from spineseg.io.itk_common import (
     DEFAULT_MAX_VOXELS,
     check_geometry_header,
     itk_reason,
+    preserve_locale,
     quiet_itk,
     volume_from_image,
 )
@@ -394,6 +395,17 @@ def _fmt(values: np.ndarray | tuple[float, ...]) -> str:
 def write_dicom_series(volume: Volume, folder: str | os.PathLike[str], *, overwrite: bool = False,
                        patient_id: str = "PHANTOM",
                        series_description: str = "spineseg phantom") -> Path:
+    """Write ``volume`` (HU) as an int16 CT series, one file per slice, atomically.
+
+    See :func:`_write_dicom_series`; the caller's locale is left as it was (GDCM resets it).
+    """
+    with preserve_locale():
+        return _write_dicom_series(volume, folder, overwrite=overwrite, patient_id=patient_id,
+                                   series_description=series_description)
+
+
+def _write_dicom_series(volume: Volume, folder: str | os.PathLike[str], *, overwrite: bool,
+                        patient_id: str, series_description: str) -> Path:
     """Write ``volume`` (HU) as an int16 CT series, one file per slice, atomically.
 
     Values are rounded to integers and must fit int16. DICOM cannot store a left-handed grid (the

@@ -6,6 +6,7 @@ off the terminal, and the "one sane scalar 3D volume" check made from a header a
 from __future__ import annotations
 
 import contextlib
+import locale
 import logging
 import os
 import sys
@@ -22,6 +23,23 @@ from spineseg.io.volume import Volume
 
 DEFAULT_MAX_VOXELS = 2**31
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def preserve_locale() -> Iterator[None]:
+    """Undo the process-wide locale change some ITK/GDCM writers make (they set it to "C").
+
+    A library call must not change how the caller's process decodes text: after such a write,
+    ``subprocess.run(text=True)`` and ``open()`` would decode as ASCII.
+    """
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        yield
+    finally:
+        try:
+            locale.setlocale(locale.LC_ALL, saved)
+        except locale.Error:  # pragma: no cover - a locale that was valid a moment ago
+            pass
 
 
 def itk_reason(exc: BaseException) -> str:
