@@ -33,6 +33,9 @@ def _imports(package: str) -> dict[str, set[str]]:
     ("export", ("torch", "spineseg.models", "spineseg.training", "spineseg.inference")),
     # report names the pipeline's result type for annotations only (under TYPE_CHECKING)
     ("report", ("torch", "spineseg.models", "spineseg.training")),
+    # vertebrae uses inference.claim's output-folder safety checks (no torch there)
+    ("vertebrae", ("torch", "spineseg.models", "spineseg.training",
+                   "spineseg.inference.pipeline", "spineseg.inference.predict")),
 ])
 def test_layer_imports(package, forbidden):
     bad = {f: sorted(n for n in names if any(n == x or n.startswith(x + ".") for x in forbidden))
