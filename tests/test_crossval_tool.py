@@ -45,3 +45,21 @@ def test_render_means_over_patients_and_per_kind():
     crop = next(line for line in lines if "spine-crop" in line and "mean" in line)
     assert "0.750 ± 0.212" in crop
     assert "sagittal" in next(line for line in lines if line.startswith("| verse006"))
+
+
+def test_weight_soup_averages_each_folds_runs_into_a_soup_run(tmp_path):
+    import torch
+    import weight_soup
+    from test_checkpoint import _payload
+
+    from spineseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    states = []
+    for variant in ("", "_noacq"):
+        run = tmp_path / f"run_fold1{variant}"
+        run.mkdir()
+        states.append(load_checkpoint(save_checkpoint(run / "last.pt", _payload()))["state_dict"])
+    out = weight_soup.soup(tmp_path, "fold1", ["", "_noacq"])
+    assert out == tmp_path / "run_fold1_soup" / "last.pt"
+    soup = load_checkpoint(out)["state_dict"]
+    torch.testing.assert_close(soup["weight"], (states[0]["weight"] + states[1]["weight"]) / 2)

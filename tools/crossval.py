@@ -166,11 +166,16 @@ def main() -> None:
     ap.add_argument("--schedule", choices=("plateau", "poly"), default="plateau",
                     help="fine-tune learning-rate schedule (poly: runs, logs and results get the "
                          "suffix _poly)")
+    ap.add_argument("--soup", action="store_true",
+                    help="score and render the weight averages tools/weight_soup.py made "
+                         "(runs run_<fold>_soup; results get the suffix _soup)")
     args = ap.parse_args()
     variant, extra = ("_noacq", ["--no-acquisition-augment"]) if args.no_acquisition_augment \
         else ("", [])
     if args.schedule == "poly":
         variant, extra = variant + "_poly", [*extra, "--schedule", "poly"]
+    if args.soup:
+        variant = "_soup"
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:
@@ -179,6 +184,8 @@ def main() -> None:
     if "prepare" in steps:
         prepare(args.work, folds)
     if "train" in steps:
+        if args.soup:
+            ap.error("--soup scores averages of trained runs; train them without it")
         if args.base is None:
             ap.error("train needs --base")
         train(args.work, folds, args.base, args.epochs, args.jobs, variant, extra)
