@@ -50,9 +50,9 @@ def test_render_means_over_patients_and_per_kind():
 def test_weight_soup_averages_each_folds_runs_into_a_soup_run(tmp_path):
     import torch
     import weight_soup
-    from test_checkpoint import _payload
 
     from spineseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from test_checkpoint import _payload
 
     states = []
     for variant in ("", "_noacq"):
