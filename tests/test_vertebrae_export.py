@@ -121,10 +121,10 @@ def test_segment_vertebrae_writes_the_typed_label_files(column_series, tiny_mode
     column mask (the tiny test model's own mask would not split into vertebrae)."""
     import pydicom
 
-    import spineseg.cli.segment as cli_segment
+    import spineseg.inference.outputs as inference_outputs
 
     folder, ct, mask, _ = column_series
-    monkeypatch.setattr(cli_segment, "_vertebrae",
+    monkeypatch.setattr(inference_outputs, "vertebrae_of_segmentation",
                         lambda res: label_vertebrae(ct, mask, output_grid=res.mask))
     out = tmp_path / "out"
     rc = main(["segment", str(folder), "-o", str(out), "--model", str(tiny_model_file),

@@ -83,20 +83,6 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _vertebrae(res):  # type: ignore[no-untyped-def]
-    """Named vertebrae of a segmentation, or None (with a warning) when the mask is empty."""
-    import logging
-
-    from spineseg.vertebrae.analysis import label_vertebrae
-
-    try:
-        return label_vertebrae(res.canonical_ct, res.canonical_mask, res.probabilities,
-                               output_grid=res.mask)
-    except InputError as exc:
-        logging.getLogger("spineseg.vertebrae").warning("no vertebrae: %s", exc)
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     from spineseg.export import check_output_types, parse_output_types
     from spineseg.inference.batch import is_dicom_folder, segment_batch
@@ -107,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         check_outputs,
         read_record,
         run_settings,
+        vertebrae_of_segmentation,
         write_case_outputs,
     )
     from spineseg.inference.pipeline import SegmentConfig, segment
@@ -162,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         with claim_output_folder(args.output):
             check_outputs(args.output, ocfg, [src])
             res = segment(src, model, cfg)
-            vertebrae = _vertebrae(res) if args.vertebrae else None
+            vertebrae = vertebrae_of_segmentation(res) if args.vertebrae else None
             written = write_case_outputs(res, args.output, ocfg, run_settings(model, cfg, ocfg),
                                          vertebrae)
         s = res.stats

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spineseg.errors import OutputError
+from spineseg.errors import InputError, OutputError
 from spineseg.export import OUTPUT_FILES, check_output_types
 from spineseg.export.dicom_seg import DicomSegInfo, write_dicom_seg
 from spineseg.export.seg_nrrd import write_seg_nrrd
@@ -37,7 +38,7 @@ from spineseg.io import write_image, write_text_atomic
 from spineseg.io.mesh import MESH_FORMATS, write_mesh
 from spineseg.report import case_quality
 from spineseg.vertebrae import outputs as vertebra_outputs
-from spineseg.vertebrae.analysis import VertebraeResult
+from spineseg.vertebrae.analysis import VertebraeResult, label_vertebrae
 
 STATS = "stats.json"
 #: Every name spineseg writes into a case folder: the only files an overwrite may remove.
@@ -176,6 +177,20 @@ def _remove_stale_stages(out: Path, started: float) -> None:
             st = p.lstat()
             if stat.S_ISDIR(st.st_mode) and st.st_mtime < started:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def vertebrae_of_segmentation(result: SegmentResult) -> VertebraeResult | None:
+    """The named vertebrae of a ``segment()`` result, labelled in its input's grid.
+
+    An empty mask has no vertebrae: that is logged as a warning and gives ``None``, so the
+    segmentation's own outputs are still written.
+    """
+    try:
+        return label_vertebrae(result.canonical_ct, result.canonical_mask,
+                               result.probabilities, output_grid=result.mask)
+    except InputError as exc:
+        logging.getLogger("spineseg.vertebrae").warning("no vertebrae: %s", exc)
+        return None
 
 
 def write_case_outputs(result: SegmentResult, outdir: str | os.PathLike[str],
