@@ -63,3 +63,30 @@ def test_weight_soup_averages_each_folds_runs_into_a_soup_run(tmp_path):
     assert out == tmp_path / "run_fold1_soup" / "last.pt"
     soup = load_checkpoint(out)["state_dict"]
     torch.testing.assert_close(soup["weight"], (states[0]["weight"] + states[1]["weight"]) / 2)
+
+
+def test_run_variants_name_seeds_without_renaming_the_recipes_own_runs():
+    from crossval import run_variant
+
+    assert run_variant() == ("", [])
+    assert run_variant(True, "poly") == ("_noacq_poly", ["--no-acquisition-augment",
+                                                          "--schedule", "poly"])
+    variant, extra = run_variant(True, "poly", seed=2)
+    assert variant == "_s2_noacq_poly" and extra[-2:] == ["--seed", "2"]
+    assert run_variant(seed=2, soup=True) == ("_s2_soup", [])
+    assert run_variant(soup=True) == ("_soup", [])
+
+
+def test_weight_soup_names_its_output_run(tmp_path):
+    import weight_soup
+
+    from spineseg.training.checkpoint import save_checkpoint
+    from test_checkpoint import _payload
+
+    for variant in ("_s2", "_s2_noacq"):
+        run = tmp_path / f"run_final{variant}"
+        run.mkdir()
+        save_checkpoint(run / "last.pt", _payload())
+    out = weight_soup.soup(tmp_path, "final", ["_s2", "_s2_noacq"], name="_s2_soup")
+    assert out == tmp_path / "run_final_s2_soup" / "last.pt" and out.is_file()
+    assert not (tmp_path / "run_final_soup").exists()

@@ -108,6 +108,23 @@ def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
     return out
 
 
+def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau", seed: int = 1,
+                soup: bool = False) -> tuple[str, list[str]]:
+    """``(suffix of runs, logs and results, extra train arguments)`` of one fine-tune variant.
+
+    Seed 1 is the recipe's own and adds nothing, so the runs made before seeds were a choice keep
+    their names; another seed prefixes ``_s<seed>`` (``run_final_s2_noacq_poly``).
+    """
+    variant, extra = ("_noacq", ["--no-acquisition-augment"]) if no_acquisition_augment \
+        else ("", [])
+    if schedule == "poly":
+        variant, extra = variant + "_poly", [*extra, "--schedule", "poly"]
+    seeded = f"_s{seed}" if seed != 1 else ""
+    if seed != 1:
+        variant, extra = seeded + variant, [*extra, "--seed", str(seed)]
+    return (seeded + "_soup", []) if soup else (variant, extra)
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "–"
@@ -166,16 +183,14 @@ def main() -> None:
     ap.add_argument("--schedule", choices=("plateau", "poly"), default="plateau",
                     help="fine-tune learning-rate schedule (poly: runs, logs and results get the "
                          "suffix _poly)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="fine-tune seed (sampling and augmentation); another than 1 gives runs, "
+                         "logs and results the prefix _s<seed>, e.g. run_final_s2_noacq")
     ap.add_argument("--soup", action="store_true",
                     help="score and render the weight averages tools/weight_soup.py made "
                          "(runs run_<fold>_soup; results get the suffix _soup)")
     args = ap.parse_args()
-    variant, extra = ("_noacq", ["--no-acquisition-augment"]) if args.no_acquisition_augment \
-        else ("", [])
-    if args.schedule == "poly":
-        variant, extra = variant + "_poly", [*extra, "--schedule", "poly"]
-    if args.soup:
-        variant = "_soup"
+    variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup)
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:

@@ -17,9 +17,9 @@ from pathlib import Path
 from spineseg.training.checkpoint import average_checkpoints, save_checkpoint
 
 
-def soup(work: Path, fold: str, variants: list[str]) -> Path:
+def soup(work: Path, fold: str, variants: list[str], name: str = "_soup") -> Path:
     paths = [work / f"run_{fold}{v}" / "last.pt" for v in variants]
-    out = work / f"run_{fold}_soup" / "last.pt"
+    out = work / f"run_{fold}{name}" / "last.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, average_checkpoints(paths))
     return out
@@ -31,9 +31,12 @@ def main() -> None:
     ap.add_argument("--variants", default=",_noacq,_noacq_poly",
                     help="comma-separated run suffixes to average ('' = the plain run)")
     ap.add_argument("--folds", default="fold1,fold2,fold3,fold4")
+    ap.add_argument("--name", default="_soup",
+                    help="suffix of the averaged run (run_<fold><name>), e.g. _s2_soup for "
+                         "the fine-tunes of crossval.py --seed 2")
     args = ap.parse_args()
     for fold in args.folds.split(","):
-        print(soup(args.work, fold, args.variants.split(",")))
+        print(soup(args.work, fold, args.variants.split(","), args.name))
 
 
 if __name__ == "__main__":
