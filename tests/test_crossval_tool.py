@@ -75,6 +75,16 @@ def test_run_variants_name_seeds_without_renaming_the_recipes_own_runs():
     assert variant == "_s2_noacq_poly" and extra[-2:] == ["--seed", "2"]
     assert run_variant(seed=2, soup=True) == ("_s2_soup", [])
     assert run_variant(soup=True) == ("_soup", [])
+    assert run_variant(True, whole_body_weight=3)[0] == "_noacq_wb3"
+
+
+def test_whole_body_weights_only_for_the_folds_training_patients():
+    from crossval import whole_body_weights
+
+    assert whole_body_weights("fold1", 1.0) == []
+    assert whole_body_weights("fold1", 3.0) == ["--patient-weight", "ts_abdomen=3"]
+    assert whole_body_weights("fold2", 2.5) == ["--patient-weight", "ts_chest=2.5"]
+    assert sorted(whole_body_weights("final", 3.0)[1::2]) == ["ts_abdomen=3", "ts_chest=3"]
 
 
 def test_weight_soup_names_its_output_run(tmp_path):

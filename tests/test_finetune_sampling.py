@@ -12,7 +12,7 @@ import torch
 from spineseg.cli.main import main
 from spineseg.data.dataset import SliceDataset
 from spineseg.data.preprocess import Preprocessing
-from spineseg.errors import InputError, ModelError
+from spineseg.errors import DataError, InputError, ModelError
 from spineseg.inference.model_file import load_segmentation_model, save_segmentation_model
 from spineseg.training.checkpoint import load_checkpoint, load_initial_weights
 from spineseg.training.trainer import train
@@ -50,6 +50,36 @@ def test_case_balanced_weights_give_every_case_equal_mass(dataset) -> None:
     draws = torch.multinomial(ds.case_balanced_weights(), 4000, replacement=True, generator=gen)
     long_share = float((ds._index[draws.numpy(), 0] == ds.cases.index("case9")).mean())
     assert 0.21 < long_share < 0.29
+
+
+def test_patient_weights_scale_a_patients_share(dataset) -> None:
+    ds = SliceDataset(dataset, "train", patch_size=(32, 32))
+    w = ds.case_balanced_weights({"case9": 3.0}).numpy()
+    per_case = np.bincount(ds._index[:, 0], weights=w)
+    expected = [3.0 if c == "case9" else 1.0 for c in ds.cases]
+    np.testing.assert_allclose(per_case, expected)  # 3 of 6 units of mass: half the draws
+    with pytest.raises(DataError, match="no train case of patient"):
+        ds.case_balanced_weights({"nobody": 2.0})
+
+
+def test_cli_patient_weight_is_stored_and_checked(dataset, tmp_path, capsys) -> None:
+    base = ["train", "--data", str(dataset), "--epochs", "1", "--batch-size", "4", "--patch",
+            "32", "--max-steps-per-epoch", "2", "--device", "cpu", "--no-augment",
+            "--model", "unet", "--width", "4", "--depth", "2"]
+    code = main([*base, "-o", str(tmp_path / "w"), "--sampling", "case",
+                 "--patient-weight", "case9=3"])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text(encoding="utf-8"))
+    assert cfg["patient_weights"] == {"case9": 3.0}
+    for extra, needle in ((["--sampling", "case", "--patient-weight", "case9"], "PATIENT=W"),
+                          (["--sampling", "case", "--patient-weight", "case9=-1"], "PATIENT=W"),
+                          (["--patient-weight", "case9=2"], "--sampling case"),
+                          (["--sampling", "case", "--patient-weight", "nobody=2"],
+                           "no train case of patient")):
+        capsys.readouterr()
+        code = main([*base, "-o", str(tmp_path / "bad"), *extra])
+        err = capsys.readouterr().err
+        assert code != 0 and needle in err and "Traceback" not in err, err
 
 
 def test_training_with_case_sampling_runs_and_is_reproducible(dataset, tmp_path) -> None:

@@ -61,8 +61,18 @@ def prepare(work: Path, folds: Sequence[str]) -> None:
                         "--noise-copies", "4", "--seed", "0", "--no-progress"], check=True)
 
 
+def whole_body_weights(fold: str, weight: float) -> list[str]:
+    """``--patient-weight`` arguments for the whole-body patients that train in ``fold``."""
+    if weight == 1.0:
+        return []
+    held_out = set(FOLDS.get(fold, ()))
+    return [arg for case, entry in CASES.items()
+            if entry.kind == "whole-body" and case not in held_out
+            for arg in ("--patient-weight", f"{case}={weight:g}")]
+
+
 def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int,
-          variant: str = "", extra: Sequence[str] = ()) -> None:
+          variant: str = "", extra: Sequence[str] = (), whole_body_weight: float = 1.0) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending = list(folds)
     running: list[tuple[str, subprocess.Popen[bytes], Any]] = []
@@ -74,7 +84,8 @@ def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int,
                 argv = ["train", "--resume", str(run), "--epochs", str(epochs)]
             else:
                 argv = ["train", "--data", str(work / f"ds_{fold}"), "--init-weights", str(base),
-                        "--epochs", str(epochs), *FINETUNE, *extra, "-o", str(run)]
+                        "--epochs", str(epochs), *FINETUNE, *extra,
+                        *whole_body_weights(fold, whole_body_weight), "-o", str(run)]
             log = (work / f"{fold}{variant}.log").open("ab")
             running.append((fold, subprocess.Popen([*_spineseg(), *argv], env=env, stdout=log,
                                                    stderr=subprocess.STDOUT), log))
@@ -109,7 +120,7 @@ def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
 
 
 def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau", seed: int = 1,
-                soup: bool = False) -> tuple[str, list[str]]:
+                soup: bool = False, whole_body_weight: float = 1.0) -> tuple[str, list[str]]:
     """``(suffix of runs, logs and results, extra train arguments)`` of one fine-tune variant.
 
     Seed 1 is the recipe's own and adds nothing, so the runs made before seeds were a choice keep
@@ -119,6 +130,8 @@ def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau",
         else ("", [])
     if schedule == "poly":
         variant, extra = variant + "_poly", [*extra, "--schedule", "poly"]
+    if whole_body_weight != 1.0:
+        variant += f"_wb{whole_body_weight:g}"
     seeded = f"_s{seed}" if seed != 1 else ""
     if seed != 1:
         variant, extra = seeded + variant, [*extra, "--seed", str(seed)]
@@ -186,11 +199,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1,
                     help="fine-tune seed (sampling and augmentation); another than 1 gives runs, "
                          "logs and results the prefix _s<seed>, e.g. run_final_s2_noacq")
+    ap.add_argument("--whole-body-weight", type=float, default=1.0, metavar="W",
+                    help="draw each whole-body patient's cases W times as often as a crop's "
+                         "(runs, logs and results get the suffix _wb<W>)")
     ap.add_argument("--soup", action="store_true",
                     help="score and render the weight averages tools/weight_soup.py made "
                          "(runs run_<fold>_soup; results get the suffix _soup)")
     args = ap.parse_args()
-    variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup)
+    if not args.whole_body_weight > 0:
+        ap.error("--whole-body-weight must be > 0")
+    variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup,
+                                 args.whole_body_weight)
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:
@@ -203,7 +222,8 @@ def main() -> None:
             ap.error("--soup scores averages of trained runs; train them without it")
         if args.base is None:
             ap.error("train needs --base")
-        train(args.work, folds, args.base, args.epochs, args.jobs, variant, extra)
+        train(args.work, folds, args.base, args.epochs, args.jobs, variant, extra,
+              args.whole_body_weight)
     held_out = [f for f in folds if f in FOLDS]
     if "score" in steps:
         score(args.shared_data, args.work, held_out, args.tta, variant)

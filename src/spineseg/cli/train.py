@@ -87,6 +87,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sampling", choices=SAMPLINGS,
                    help="slice: every slice equally likely (default); case: every case equally "
                         "likely, so short scans are not drowned out by long ones (nnU-Net's way)")
+    p.add_argument("--patient-weight", action="append", default=None, metavar="PATIENT=W",
+                   help="with --sampling case: draw that patient's cases W times as often as "
+                        "another case (repeatable), e.g. ts_abdomen=3 to keep whole-body scans "
+                        "from being outnumbered by spine crops")
     p.add_argument("--context-slices", type=int, metavar="K",
                    help="2.5-D input: K neighbouring planes on each side of a slice as extra "
                         "channels (default 0 = 2-D, the paper's network)")
@@ -125,10 +129,27 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any] | None:
     return config
 
 
+def _patient_weights(items: list[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for item in items:
+        patient, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not patient or not 0 < weight < float("inf"):
+            raise InputError(f"--patient-weight {item!r}: expected PATIENT=W with W > 0, "
+                             "e.g. ts_abdomen=3")
+        weights[patient] = weight
+    return weights
+
+
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The TrainConfig the flags describe, and whether this is a resume."""
     given = {field: getattr(args, flag) for flag, field in _FIELDS.items()
              if getattr(args, flag) is not None}
+    if getattr(args, "patient_weight", None):
+        given["patient_weights"] = _patient_weights(args.patient_weight)
     model_config = _model_config(args)
     if model_config is not None:
         given["model_config"] = model_config

@@ -48,6 +48,7 @@ class SliceDataset(Dataset[dict[str, Any]]):
         if not 0.0 <= foreground_fraction <= 1.0:
             raise DataError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
         self.root = Path(root)
+        self.split = split
         self.manifest = read_manifest(self.root)
         self.preprocessing = preprocessing or self.manifest.preprocessing_obj
         self.patch_size = tuple(patch_size) if patch_size is not None else None
@@ -72,10 +73,24 @@ class SliceDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self._index)
 
-    def case_balanced_weights(self) -> torch.Tensor:
-        """Per-index sampling weights that make every case equally likely (sum 1 per case)."""
+    def case_balanced_weights(self, patient_weights: dict[str, float] | None = None
+                              ) -> torch.Tensor:
+        """Per-index sampling weights that make every case equally likely (sum 1 per case), or
+        ``patient_weights[p]`` times as likely for the cases of patient ``p``.
+
+        Raises :class:`DataError` for a weighted patient with no case in this split: a typo
+        would otherwise leave the run unweighted without a word.
+        """
         counts = np.bincount(self._index[:, 0], minlength=len(self.cases)).astype(np.float64)
-        return torch.from_numpy(1.0 / counts[self._index[:, 0]])
+        scale = np.ones(len(self.cases))
+        if patient_weights:
+            patients = [self.manifest.cases[c].patient for c in self.cases]
+            missing = sorted(set(patient_weights) - set(patients))
+            if missing:
+                raise DataError(f"{self.root}: no {self.split} case of patient(s) "
+                                f"{', '.join(missing)} to weight")
+            scale = np.array([float(patient_weights.get(p, 1.0)) for p in patients])
+        return torch.from_numpy((scale / counts)[self._index[:, 0]])
 
     def set_epoch(self, epoch: int) -> None:
         """New random crops/augmentations per epoch, still reproducible (call before iterating)."""

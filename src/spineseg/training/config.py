@@ -65,6 +65,11 @@ class TrainConfig:
     # ``augment``; off only to measure what they add.
     acquisition_augment: bool = True
     sampling: str = "slice"
+    # With ``sampling="case"``: patient id -> how many times as likely as another case each of
+    # that patient's cases (its noisy copies included) is drawn. Keeps scarce whole-body scans
+    # from being outnumbered by spine crops, whose absence of ribs, sternum, aorta and sacrum a
+    # network otherwise learns. Empty: every case equally likely.
+    patient_weights: dict[str, float] = field(default_factory=dict)
     # Start from these weights (a run's checkpoint or a model file, e.g. the shipped model) instead
     # of a random initialisation: fine-tuning. The architecture must match the file's.
     init_weights: str | None = None
@@ -104,6 +109,13 @@ class TrainConfig:
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         check_context(self.context_slices, self.context_mm)
+        if not isinstance(self.patient_weights, dict) or not all(
+                isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                and 0 < v < float("inf") for k, v in self.patient_weights.items()):
+            raise InputError("patient_weights must map patient ids to finite weights > 0, got "
+                             f"{self.patient_weights!r}")
+        if self.patient_weights and self.sampling != "case":
+            raise InputError("patient weights need case sampling (--sampling case)")
         if not isinstance(self.model_config, dict):
             raise InputError("model_config must be a JSON object")
 

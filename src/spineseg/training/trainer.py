@@ -327,8 +327,9 @@ class _Run:
             # Every case equally likely: weight each slice by 1/len(its case). Each rank draws its
             # own share from its own seeded stream, which is what DDP needs of a sampler.
             gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank))
-            sampler = WeightedRandomSampler(self.train_ds.case_balanced_weights(), num_samples=n,
-                                            replacement=True, generator=gen)
+            weights = self.train_ds.case_balanced_weights(cfg.patient_weights)
+            sampler = WeightedRandomSampler(weights, num_samples=n, replacement=True,
+                                            generator=gen)
         elif self.dist.enabled:
             sampler = DistributedSampler(self.train_ds, num_replicas=self.dist.world_size,
                                          rank=self.dist.rank, shuffle=True, seed=cfg.seed,
