@@ -259,7 +259,8 @@ def test_region_cut_on_the_whole_slice_pooling_grid(tiny_model_file):
     model = load_segmentation_model(tiny_model_file)
     hu = body_ct((4, 61, 59))
     add_disc(hu, slice(None), 30, 29, 6)
-    cfg = PredictConfig(progress=False, crop_to_body=False)
+    # float32: the comparison is exact, and reduced precision moves values by more than that.
+    cfg = PredictConfig(progress=False, crop_to_body=False, precision="float32")
     whole = predict_probabilities(model, hu, cfg)
     for y0, y1, x0, x1 in ((3, 61, 1, 58), (9, 50, 10, 50)):
         part = predict_probabilities(model, hu, cfg, boxes=np.tile([y0, y1, x0, x1], (4, 1)))
@@ -268,3 +269,33 @@ def test_region_cut_on_the_whole_slice_pooling_grid(tiny_model_file):
         box = (slice(None), slice(y0, y1), slice(x0, x1))
         np.testing.assert_allclose(part[box].astype(np.float32),
                                    whole[box].astype(np.float32), atol=2e-3)
+
+
+def test_post_processing_on_the_threshold_block_gives_the_same_mask(monkeypatch):
+    """Resampling back, island removal and meshing run on the block where the probability
+    reaches the threshold (not the region's whole block): the mask is the same voxel for voxel,
+    on a 0.8 mm grid where the probabilities are interpolated."""
+    from spineseg.inference import pipeline
+
+    hu = body_ct((24, 400, 400))
+    add_disc(hu, slice(None), 200, 205, 14)
+    add_disc(hu, slice(4, 12), 230, 180, 5)  # a second, smaller piece beside the column
+    vol = Volume(hu, (0.8, 0.8, 1.0))
+    seen: list[tuple[int, ...]] = []
+    real = pipeline.clean_mask
+
+    def spy(mask, *args, **kwargs):
+        seen.append(mask.shape)
+        return real(mask, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "clean_mask", spy)
+    base = SegmentConfig(predict=PredictConfig(progress=False, batch_size=4))
+    tight = segment(vol, bone_model(), base)
+    block = segment(vol, bone_model(), SegmentConfig(predict=base.predict,
+                                                    keep_probabilities=True))
+    assert tight.mask.array.sum() > 1000
+    np.testing.assert_array_equal(tight.mask.array, block.mask.array)
+    assert len(tight.mesh.faces) == len(block.mesh.faces)
+    (tz, ty, tx), (bz, by, bx) = seen
+    assert tz == bz and ty * tx < 0.5 * by * bx  # the bone's neighbourhood, not the region
+    assert ty >= 2 * 14 / 0.8 and tx >= 2 * 14 / 0.8

@@ -30,7 +30,12 @@ from spineseg import __version__
 from spineseg.errors import GeometryError, InputError, ResourceError
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.postprocess import PostprocessConfig, body_midline, clean_mask
-from spineseg.inference.predict import PredictConfig, predict_probabilities, torch_threads
+from spineseg.inference.predict import (
+    PredictConfig,
+    predict_probabilities,
+    resolve_precision,
+    torch_threads,
+)
 from spineseg.inference.region import (
     ColumnRegion,
     RegionConfig,
@@ -204,6 +209,7 @@ def _check_config(cfg: SegmentConfig) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise InputError(f"{name} must be an integer >= 1 (or None), got {value!r}")
+    resolve_precision(cfg.predict.precision, cfg.device)
     faces = cfg.mesh.max_faces if cfg.mesh is not None else None
     if faces is not None and (isinstance(faces, bool) or not isinstance(faces, int) or faces < 1):
         raise InputError(f"max_faces must be an integer >= 1 (or None), got {faces!r}")
@@ -287,6 +293,28 @@ def _canonical_block(block: tuple[slice, slice], work: Volume, canon: Volume
     return out[0], out[1]
 
 
+def _threshold_block(prob: np.ndarray, ys: slice, xs: slice, threshold: float,
+                     pad: int = 2) -> tuple[slice, slice]:
+    """The in-plane part of ``[ys, xs]`` where some slice's probability reaches ``threshold``,
+    grown by ``pad`` voxels.
+
+    Linear resampling makes each output voxel a convex combination of its neighbours on the
+    model grid, so outside this block (one voxel of neighbourhood, plus one of margin) nothing
+    can reach the threshold: the mask is the same as from the whole block, while resampling,
+    post-processing and meshing see only the bone's neighbourhood, not the region's 60 mm of
+    margin. A block without any such voxel is left as it is.
+    """
+    hit = prob[:, ys, xs] >= threshold
+    rows = np.flatnonzero(hit.any(axis=(0, 2)))
+    cols = np.flatnonzero(hit.any(axis=(0, 1)))
+    if rows.size == 0:
+        return ys, xs
+    return (slice(max(ys.start + int(rows[0]) - pad, ys.start),
+                  min(ys.start + int(rows[-1]) + 1 + pad, ys.stop)),
+            slice(max(xs.start + int(cols[0]) - pad, xs.start),
+                  min(xs.start + int(cols[-1]) + 1 + pad, xs.stop)))
+
+
 def _warn_if_empty(cleaned: np.ndarray, voxel_ml: float, source: str) -> None:
     volume_ml = float(cleaned.sum()) * voxel_ml
     if volume_ml < NEAR_EMPTY_ML:
@@ -350,8 +378,11 @@ def segment(
         prob = predict_probabilities(net, np.asarray(work.array), cfg.predict, cfg.device,
                                      spacing_z=float(work.spacing[2]), boxes=region.boxes)
     # From here on only the model grid's geometry is needed, not its CT voxels; and only the
-    # block holding the region, where every non-zero probability lies.
+    # block holding the region, where every non-zero probability lies, or tighter still, the
+    # block where the probability reaches the threshold.
     ys, xs = region.block()
+    if not cfg.keep_probabilities:
+        ys, xs = _threshold_block(prob, ys, xs, net.threshold)
     work_grid, work_spacing = work.shape_xyz, tuple(float(v) for v in work.spacing)
     work_block = _crop(work.with_array(prob), slice(None), ys, xs)
     del work, prob
@@ -422,6 +453,8 @@ def segment(
                         "raw_volume_ml": round(raw_voxels * voxel_ml, 3)},
         "mesh_faces": len(mesh.faces) if mesh is not None else 0,
         "test_time_mirroring": cfg.predict.mirror,
+        "precision": str(resolve_precision(cfg.predict.precision, cfg.device)).removeprefix(
+            "torch."),
         "runtime_s": {k: round(v, 3) for k, v in times.items()},
         "device": cfg.device,
     }
