@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from spineseg.data.preprocess import Preprocessing
-from spineseg.errors import ModelError
+from spineseg.errors import InputError, ModelError
+from spineseg.inference import predict
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import (
     configure_threads,
@@ -16,7 +17,7 @@ from spineseg.inference.optimize import (
     optimize_network,
     physical_cores,
 )
-from spineseg.inference.predict import PredictConfig, predict_probabilities
+from spineseg.inference.predict import PredictConfig, predict_probabilities, resolve_precision
 from spineseg.io import read_image, reorient, resample_spacing
 from spineseg.models import build_model
 
@@ -92,8 +93,10 @@ def test_threads() -> None:
         torch.set_num_threads(before)
 
 
-PLAIN = PredictConfig(progress=False, fold_batchnorm=False, channels_last=False, batch_size=4)
-FAST = PredictConfig(progress=False, batch_size=4)
+# float32 in both: these tests check the exact rewrites; reduced precision is tested on its own.
+PLAIN = PredictConfig(progress=False, fold_batchnorm=False, channels_last=False, batch_size=4,
+                      precision="float32")
+FAST = PredictConfig(progress=False, batch_size=4, precision="float32")
 
 
 def _clear_threshold(prob: np.ndarray) -> float:
@@ -133,13 +136,39 @@ def test_optimised_prediction_equals_plain_on_real_slices(real_slices: np.ndarra
     np.testing.assert_array_equal(fast >= thr, plain >= thr)
 
 
+def test_bfloat16_prediction_stays_close_to_float32(real_slices: np.ndarray) -> None:
+    """bfloat16 keeps 8 bits of mantissa: probabilities move by a few thousandths, not more."""
+    model = _seg_model(2.0)
+    exact = predict_probabilities(model, real_slices, FAST).astype(np.float32)
+    bf16 = predict_probabilities(model, real_slices, PredictConfig(
+        progress=False, batch_size=4, precision="bfloat16")).astype(np.float32)
+    diff = np.abs(bf16 - exact)
+    assert diff.max() > 0  # it did compute in another precision
+    assert diff.max() < 0.03 and diff.mean() < 3e-3
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predict, "native_cpu_bfloat16", lambda: True)
+    assert resolve_precision("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(predict, "native_cpu_bfloat16", lambda: False)
+    assert resolve_precision("auto", "cpu") == torch.float32  # emulated bfloat16 is slower
+    assert resolve_precision("auto", "cuda") == torch.float16
+    assert resolve_precision("float32", "cuda") == torch.float32
+    assert resolve_precision("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(InputError, match="CUDA"):
+        resolve_precision("float16", "cpu")
+    with pytest.raises(InputError, match="precision must be one of"):
+        resolve_precision("int8", "cpu")
+
+
 def test_skipping_boneless_slices_only_skips_slices_without_bone(
         real_slices: np.ndarray) -> None:
     model = _seg_model(2.0)
     hu = real_slices.copy()
     hu[:3] = np.minimum(hu[:3], 40)  # three slices without any bone
     skipped = predict_probabilities(
-        model, hu, PredictConfig(progress=False, skip_boneless_slices=True, batch_size=4))
+        model, hu, PredictConfig(progress=False, skip_boneless_slices=True, batch_size=4,
+                                 precision="float32"))
     full = predict_probabilities(model, hu, FAST)
     assert not skipped[:3].any()
     np.testing.assert_array_equal(skipped[3:], full[3:])

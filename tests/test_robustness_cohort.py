@@ -296,6 +296,7 @@ def test_rerun_skips_only_cases_made_the_same_way(model_file, other_model_file, 
                           (["--probabilities"], "--probabilities"),
                           (["--no-postprocess"], "--no-postprocess"),
                           (["--full-slice"], "--full-slice"),
+                          (["--precision", "float32"], "--precision"),
                           (["--model", other_model_file], "--model")]:
         rc, _, err = run_cli(capfd, segment_argv(cohort, out, model_file, *extra))
         assert rc == OUTPUT, (extra, err)

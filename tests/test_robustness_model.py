@@ -473,6 +473,7 @@ def test_memory_check_lets_ordinary_scans_through(tiny_model_file, ct_file, monk
     (["--shard", "2/2"], "invalid --shard '2/2'"),
     (["--shard", "0/0"], "invalid --shard '0/0'"),
     (["--shard", "1/2"], "single CT"),
+    (["--precision", "float16", "--device", "cpu"], "--precision float16: float16 inference"),
 ])
 def test_segment_options_checked_up_front(extra, needle, ct_file, tmp_path, capfd, monkeypatch):
     def no_model(*args, **kwargs):
@@ -517,3 +518,22 @@ def test_threads_option_sets_torch_threads_for_inference_only(tiny_model_file, c
             segment(ct_file, tiny_model_file, SegmentConfig(mesh=None, threads=bad))
     with pytest.raises(InputError, match="max_faces"):
         segment(ct_file, tiny_model_file, SegmentConfig(mesh=MeshConfig(max_faces=0)))
+
+
+def test_precision_is_checked_before_reading_and_recorded(tiny_model_file, ct_file, tmp_path,
+                                                          monkeypatch):
+    def no_read(*args, **kwargs):
+        raise AssertionError("the image was read before the precision was checked")
+
+    monkeypatch.setattr(pipeline_mod, "read_image", no_read)
+    with pytest.raises(InputError, match="precision must be one of"):
+        segment(ct_file, tiny_model_file, SegmentConfig(
+            mesh=None, predict=PredictConfig(progress=False, precision="int8")))
+    monkeypatch.undo()
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        assert main(segment_argv(ct_file, out, "--model", str(tiny_model_file),
+                                 "--precision", precision)) == 0
+        stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+        assert stats["precision"] == precision
+        assert stats["settings"]["precision"] == precision

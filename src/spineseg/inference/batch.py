@@ -168,7 +168,7 @@ _OPTION = {  # settings key -> how a user changes it
     "mesh.space": "--mesh-space", "mesh.max_faces": "--max-faces",
     "outputs.mesh_format": "--mesh", "outputs.probabilities": "--probabilities",
     "outputs.preview": "--no-preview", "outputs.output_types": "--output-type",
-    "full_slice": "--full-slice",
+    "full_slice": "--full-slice", "precision": "--precision",
 }
 
 

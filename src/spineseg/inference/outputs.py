@@ -100,6 +100,9 @@ def run_settings(model: SegmentationModel, config: SegmentConfig,
         # slice one within 0.005 Dice (docs/performance.md), so records written before the
         # region existed stay valid, while switching --full-slice on or off is a new setting.
         **({"full_slice": True} if not config.region.enabled else {}),
+        # Likewise the network's precision, recorded only when chosen explicitly: "auto" stays
+        # within 0.003 Dice of float32 on the real cases (docs/performance.md).
+        **({"precision": p.precision} if p.precision != "auto" else {}),
     }
 
 
