@@ -54,6 +54,19 @@ def test_tiny_benchmark_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert whole["ours"]["region"] is False and "full_slice" not in whole["ours"]
 
 
+@pytest.mark.skipif(not HAVE_NNUNET, reason="nnU-Net's network package is not installed")
+def test_benchmark_compares_with_nnunet_at_float32_and_at_our_precision(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rep = json.loads(_cli(["--json", "--precision", "bfloat16", "--random-weights"], capsys))
+    assert rep["ours"]["precision"] == "bfloat16"
+    assert rep["peers"]["nnunet_3d_fast"]["precision"] == "float32"
+    assert rep["peers"]["nnunet_3d_fast_same_precision"]["precision"] == "bfloat16"
+    assert {"nnunet_3d_fast", "nnunet_3d_fast_same_precision"} <= set(rep["ratios"])
+    exact = json.loads(_cli(["--json", "--precision", "float32", "--random-weights"], capsys))
+    assert exact["ours"]["precision"] == "float32"
+    assert "nnunet_3d_fast_same_precision" not in exact["peers"]
+
+
 def test_build_volume_tiles_deep_volumes_mirrored() -> None:
     vol, notes = build_volume(48, 130)
     assert vol.array.shape == (130, 48, 48) and vol.array.dtype.name == "int16"

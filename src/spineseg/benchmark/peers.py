@@ -87,8 +87,12 @@ def build_nnunet_fast(spec: NnUNetFastSpec) -> nn.Module:
 
 
 @torch.inference_mode()
-def run_nnunet_fast(vol: Volume, net: nn.Module, spec: NnUNetFastSpec) -> dict[str, Any]:
+def run_nnunet_fast(vol: Volume, net: nn.Module, spec: NnUNetFastSpec,
+                    dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """TotalSegmentator-fast style inference of ``vol``; returns timings and the label shape.
+
+    ``dtype`` other than float32 autocasts the sliding window to it on the CPU; nnU-Net's own
+    predictor does that on CUDA only, so float32 is how its users run it on a CPU.
 
     Keys: ``total_s`` (resample → windows → argmax → back to the input grid), ``network_s``
     (the sliding window alone), ``windows`` and ``grid_zyx`` (the 3 mm grid).
@@ -104,8 +108,9 @@ def run_nnunet_fast(vol: Volume, net: nn.Module, spec: NnUNetFastSpec) -> dict[s
     x = (x - spec.mean_hu) / spec.sd_hu
     inp = torch.from_numpy(x)[None, None]
     t1 = time.perf_counter()
-    logits = sliding_window_inference(inp, roi_size=spec.patch_zyx, sw_batch_size=1,
-                                      predictor=net, overlap=spec.overlap, mode="gaussian")
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        logits = sliding_window_inference(inp, roi_size=spec.patch_zyx, sw_batch_size=1,
+                                          predictor=net, overlap=spec.overlap, mode="gaussian")
     t2 = time.perf_counter()
     assert isinstance(logits, torch.Tensor)
     labels = torch.argmax(logits[0], dim=0).to(torch.uint8).numpy()

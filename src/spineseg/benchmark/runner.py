@@ -39,7 +39,7 @@ from spineseg.errors import InputError
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.optimize import configure_threads, physical_cores
 from spineseg.inference.pipeline import SegmentConfig, segment
-from spineseg.inference.predict import PredictConfig
+from spineseg.inference.predict import PredictConfig, resolve_precision
 from spineseg.inference.region import RegionConfig
 from spineseg.io import Volume, write_image
 from spineseg.reconstruction import MeshConfig
@@ -73,6 +73,10 @@ class BenchmarkConfig:
     region: bool = True
     #: With ``region``: also time whole slices in the same run, for the region's own gain.
     compare_full_slice: bool = True
+    #: The network's arithmetic (``segment --precision``). When it resolves to other than
+    #: float32, the nnU-Net peer is timed at float32 (how nnU-Net runs on a CPU) and again at
+    #: the same precision as ours, so each ratio compares like with like.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.size < 32 or self.slices < 4:
@@ -82,6 +86,7 @@ class BenchmarkConfig:
             raise InputError("repeats, peer_repeats and peer_slices must be >= 1")
         if self.model_path is not None and self.random_weights:
             raise InputError("a model file and random weights exclude each other: give one")
+        resolve_precision(self.precision, self.device)
 
 
 @dataclass
@@ -155,9 +160,35 @@ def _time_segment(path: Path, model: SegmentationModel, cfg: SegmentConfig, repe
     n = int(res.stats["slices_total"])
     total, net = statistics.median(totals), statistics.median(nets)
     return {"slices": n, "seconds": total, "slices_per_s": n / total,
+            "precision": res.stats["precision"],
             "network_seconds": net, "network_slices_per_s": n / net,
             "peak_rss_bytes": max(peaks), "phase_peak_rss_bytes": phase_peaks[-1],
             "phases_s": runtime, "repeats": repeats, "all_seconds": totals}
+
+
+def _time_nnunet(ct_path: Path, net3d: torch.nn.Module, spec: NnUNetFastSpec, repeats: int,
+                 dtype: torch.dtype, slices: int) -> dict[str, Any]:
+    """Median wall and network time of the nnU-Net peer on the file, after a one-patch warm-up."""
+    from spineseg.io import read_image
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype,
+                                                enabled=dtype != torch.float32):
+        net3d(torch.zeros(1, 1, *spec.patch_zyx))  # warm-up: oneDNN picks its kernels
+    runs = []
+    with PeakRSS() as mem:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            r = run_nnunet_fast(read_image(ct_path), net3d, spec, dtype)
+            r["seconds"] = time.perf_counter() - t
+            runs.append(r)
+    n = int(slices)
+    sec = statistics.median(r["seconds"] for r in runs)
+    net_s = statistics.median(r["network_s"] for r in runs)
+    return {"slices": n, "seconds": sec, "slices_per_s": n / sec, "network_seconds": net_s,
+            "network_slices_per_s": n / net_s, "peak_rss_bytes": mem.peak_bytes,
+            "windows": runs[-1]["windows"], "grid_zyx": runs[-1]["grid_zyx"],
+            "spec": asdict(spec), "repeats": repeats, "precision": str(dtype).removeprefix(
+                "torch."), "parameters": sum(p.numel() for p in net3d.parameters())}
 
 
 def run_benchmark(config: BenchmarkConfig | None = None,
@@ -179,7 +210,8 @@ def run_benchmark(config: BenchmarkConfig | None = None,
         model = load_segmentation_model(model_path, device=cfg.device)
         timed = model_record(model, source)
         seg_cfg = SegmentConfig(device=cfg.device,
-                                predict=PredictConfig(batch_size=cfg.batch_size, progress=False),
+                                predict=PredictConfig(batch_size=cfg.batch_size, progress=False,
+                                                      precision=cfg.precision),
                                 mesh=MeshConfig() if cfg.mesh else None,
                                 region=RegionConfig(enabled=cfg.region))
         sub = _subvolume(vol, min(cfg.peer_slices, cfg.slices))
@@ -213,7 +245,7 @@ def run_benchmark(config: BenchmarkConfig | None = None,
             for label, fold, cl in (("plain", False, False), ("optimised", True, True)):
                 pcfg = SegmentConfig(device=cfg.device, mesh=seg_cfg.mesh, predict=PredictConfig(
                     batch_size=cfg.batch_size, progress=False, fold_batchnorm=fold,
-                    channels_last=cl), region=seg_cfg.region)
+                    channels_last=cl, precision=cfg.precision), region=seg_cfg.region)
                 segment(warm_path, basic, pcfg)
                 variants[label] = _time_segment(sub_path, basic, pcfg, cfg.peer_repeats)
             best = max(variants.values(), key=lambda v: v["slices_per_s"])
@@ -229,32 +261,22 @@ def run_benchmark(config: BenchmarkConfig | None = None,
             spec = cfg.nnunet_spec
             say("timing nnU-Net 3-D (TotalSegmentator --fast network) on the whole volume")
             net3d = build_nnunet_fast(spec)
-            from spineseg.io import read_image
-
-            with torch.inference_mode():  # warm-up: one patch
-                net3d(torch.zeros(1, 1, *spec.patch_zyx))
-            runs = []
-            with PeakRSS() as mem:
-                for _ in range(cfg.peer_repeats):
-                    t = time.perf_counter()
-                    r = run_nnunet_fast(read_image(ct_path), net3d, spec)
-                    r["seconds"] = time.perf_counter() - t
-                    runs.append(r)
-            n = int(vol.array.shape[0])
-            sec = statistics.median(r["seconds"] for r in runs)
-            net_s = statistics.median(r["network_s"] for r in runs)
-            peers["nnunet_3d_fast"] = {
-                "slices": n, "seconds": sec, "slices_per_s": n / sec, "network_seconds": net_s,
-                "network_slices_per_s": n / net_s, "peak_rss_bytes": mem.peak_bytes,
-                "windows": runs[-1]["windows"], "grid_zyx": runs[-1]["grid_zyx"],
-                "spec": asdict(spec), "repeats": cfg.peer_repeats,
-                "parameters": sum(p.numel() for p in net3d.parameters())}
-            theirs = peers["nnunet_3d_fast"]["slices_per_s"]
-            ratios["nnunet_3d_fast"] = ours["slices_per_s"] / theirs
-            if "full_slice" in ours:
-                ratios["nnunet_3d_fast_full_slice"] = ours["full_slice"]["slices_per_s"] / theirs
+            ours_dtype = resolve_precision(cfg.precision, cfg.device)
+            dtypes = [torch.float32] + ([ours_dtype] if ours_dtype != torch.float32 else [])
+            for dtype in dtypes:
+                key = "nnunet_3d_fast" if dtype == torch.float32 else \
+                    "nnunet_3d_fast_same_precision"
+                peers[key] = _time_nnunet(ct_path, net3d, spec, cfg.peer_repeats, dtype,
+                                          int(vol.array.shape[0]))
+                theirs = peers[key]["slices_per_s"]
+                ratios[key] = ours["slices_per_s"] / theirs
+                if "full_slice" in ours and dtype == torch.float32:
+                    ratios["nnunet_3d_fast_full_slice"] = (ours["full_slice"]["slices_per_s"]
+                                                           / theirs)
             notes.append("nnU-Net 3-D fast measured on the whole volume (read → 3 mm → sliding "
-                         "window → argmax → input grid) with random weights")
+                         "window → argmax → input grid) with random weights, at float32 as "
+                         "nnU-Net runs on a CPU" + (f", and again at {ours['precision']} like "
+                                                    "ours" if len(dtypes) > 1 else ""))
     if peers:
         notes.append("peer networks run with random weights: the same arithmetic as trained "
                      "weights, so the same time")

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-slice", action="store_true",
                    help="time spineseg on whole slices only (segment --full-slice); by default "
                    "it is timed with the coarse-to-fine region and on whole slices")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
+                   default="auto", help="network arithmetic, as segment --precision")
     p.add_argument("--no-peers", action="store_true", help="time spineseg only")
     p.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net 3-D peer")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -90,7 +92,8 @@ def _run_memory(args: argparse.Namespace) -> int:
 
 def _line(name: str, r: dict[str, Any]) -> str:
     return (f"{name:<22}{r['seconds']:>9.2f} s {r['slices_per_s']:>8.2f} slices/s   network "
-            f"{r['network_slices_per_s']:>8.2f} slices/s   peak RSS {_gib(r['peak_rss_bytes'])}")
+            f"{r['network_slices_per_s']:>8.2f} slices/s   peak RSS {_gib(r['peak_rss_bytes'])}"
+            + (f"   {r['precision']}" if r.get("precision") else ""))
 
 
 def _run_ablation(args: argparse.Namespace) -> int:
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, peers=not args.no_peers,
                           nnunet=not args.no_nnunet, random_weights=args.random_weights,
                           model_path=str(args.model) if args.model else None,
-                          region=not args.full_slice)
+                          region=not args.full_slice, precision=args.precision)
     rep = run_benchmark(cfg, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
@@ -155,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                                         if k != "total_s"))
     labels = {"monai_basicunet": "MONAI BasicUNet", "nnunet_3d_fast": "nnU-Net 3D fast",
               "nnunet_3d_fast_full_slice": "nnU-Net 3D fast (ours on whole slices)",
+              "nnunet_3d_fast_same_precision": "nnU-Net 3D fast at our precision",
               "region_vs_full_slice": "whole slices (region's gain)"}
     for key, r in rep.peers.items():
         print(_line(labels[key], r))
