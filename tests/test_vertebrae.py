@@ -181,9 +181,39 @@ def test_public_api_exports_label_vertebrae():
     assert spineseg.label_vertebrae is label_vertebrae
 
 
-def test_segment_vertebrae_refuses_a_folder_of_cases(tmp_path, capsys):
+def test_segment_vertebrae_on_a_folder_of_cases(tmp_path, tiny_model_file, monkeypatch,
+                                               capsys):
+    """Every case of a cohort gets its vertebra files and its count in the report; a case whose
+    vertebrae fail fails alone; a re-run without --vertebrae is a change of settings. The
+    vertebrae come from the known column mask (the tiny model's mask would not split)."""
+    import spineseg.inference.batch as batch
+
+    col = make_column([(26.0, 26.0)] * 3, pelvis=True, spacing=(2.0, 2.0, 2.0),
+                      half_width_mm=60.0)
     cases = tmp_path / "cases"
     cases.mkdir()
-    (cases / "a.nii.gz").write_bytes(b"")
-    assert main(["segment", str(cases), "-o", str(tmp_path / "o"), "--vertebrae"]) == 3
-    assert "single CT" in capsys.readouterr().err
+    for name in ("a", "b", "c"):
+        write_image(col.ct, cases / f"{name}.nii.gz")
+
+    def known_column(res):
+        if "c.nii" in res.stats["input"]["source"]:
+            raise GeometryError("this case's vertebrae fail")
+        return label_vertebrae(col.ct, col.mask, output_grid=res.mask)
+
+    monkeypatch.setattr(batch, "vertebrae_of_segmentation", known_column)
+    out = tmp_path / "out"
+    argv = ["segment", str(cases), "-o", str(out), "--model", str(tiny_model_file), "--mesh",
+            "none", "--no-preview", "--device", "cpu", "--quiet"]
+    assert main([*argv, "--vertebrae"]) == 8  # one case failed
+    capsys.readouterr()
+    for name in ("a", "b"):
+        stats = json.loads((out / name / "stats.json").read_text(encoding="utf-8"))
+        assert stats["vertebrae_summary"]["count"] == 3
+        assert (out / name / "vertebrae.nii.gz").is_file()
+        assert stats["settings"]["outputs"]["vertebrae"] is True
+    assert not (out / "c" / "vertebrae.nii.gz").exists()
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "Vertebrae" in report and "this case&#x27;s vertebrae fail" in report
+    assert main(argv) == 4  # the same cohort without --vertebrae: other settings
+    err = capsys.readouterr().err
+    assert "--vertebrae" in err and err.count("\n") == 1

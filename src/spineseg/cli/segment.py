@@ -130,9 +130,6 @@ def run(args: argparse.Namespace) -> int:
                         output_types=parse_output_types(args.output_type),
                         vertebrae=args.vertebrae)
     batch = src.is_dir() and not is_dicom_folder(src)
-    if batch and args.vertebrae:
-        raise InputError("--vertebrae works on a single CT; run 'spineseg vertebrae' on each "
-                         "case's spine.nii.gz for a folder of cases")
     if not batch and shard != (0, 1):
         raise InputError(f"--shard {args.shard} splits a folder of cases; {src} is a single CT")
     if not batch:

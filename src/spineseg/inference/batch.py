@@ -46,6 +46,7 @@ from spineseg.inference.outputs import (
     read_record,
     recorded_outputs,
     run_settings,
+    vertebrae_of_segmentation,
     write_case_outputs,
 )
 from spineseg.inference.pipeline import SegmentConfig, segment
@@ -168,7 +169,7 @@ _OPTION = {  # settings key -> how a user changes it
     "mesh.space": "--mesh-space", "mesh.max_faces": "--max-faces",
     "outputs.mesh_format": "--mesh", "outputs.probabilities": "--probabilities",
     "outputs.preview": "--no-preview", "outputs.output_types": "--output-type",
-    "full_slice": "--full-slice", "precision": "--precision",
+    "full_slice": "--full-slice", "precision": "--precision", "outputs.vertebrae": "--vertebrae",
 }
 
 
@@ -321,7 +322,8 @@ def _run_case(case: Case, case_out: Path, model: SegmentationModel, cfg: Segment
     try:
         check_outputs(case_out, ocfg, [case.source])
         res = segment(case.source, model, cfg)
-        write_case_outputs(res, case_out, ocfg, settings)
+        vertebrae = vertebrae_of_segmentation(res) if ocfg.vertebrae else None
+        write_case_outputs(res, case_out, ocfg, settings, vertebrae)
         outcome = CaseOutcome(case.name, source, "done",
                               spine_volume_ml=res.stats["spine_volume_ml"],
                               flags=_flags(read_record(case_out)))
