@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from spineseg.cli.main import COMMANDS, main
 
 
@@ -64,3 +66,19 @@ def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
         raise RuntimeError("crash mid-write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
     assert path.read_text(encoding="utf-8") == "{}"
+
+
+@pytest.mark.parametrize("name", ["segment", "benchmark"])
+def test_precision_choices_are_the_librarys(name):
+    """The CLIs spell the choices out so that --help needs no torch; they must stay the
+    library's own list."""
+    import argparse
+    import importlib
+
+    from spineseg.cli.main import _SingleParser
+    from spineseg.inference.predict import PRECISIONS
+
+    shim = _SingleParser(argparse.ArgumentParser())
+    importlib.import_module(f"spineseg.cli.{name}").register(shim)
+    action = next(a for a in shim.parser._actions if "--precision" in a.option_strings)
+    assert tuple(action.choices) == PRECISIONS

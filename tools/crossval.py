@@ -133,9 +133,9 @@ def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau",
     if whole_body_weight != 1.0:
         variant += f"_wb{whole_body_weight:g}"
     seeded = f"_s{seed}" if seed != 1 else ""
-    if seed != 1:
-        variant, extra = seeded + variant, [*extra, "--seed", str(seed)]
-    return (seeded + "_soup", []) if soup else (variant, extra)
+    if soup:
+        return seeded + "_soup", []
+    return seeded + variant, [*extra, "--seed", str(seed)] if seeded else extra
 
 
 def _mean_sd(values: list[float]) -> str:

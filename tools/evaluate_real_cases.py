@@ -37,7 +37,7 @@ from spineseg.evaluation.evaluate import evaluate_mask_pair
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.postprocess import PostprocessConfig
-from spineseg.inference.predict import PredictConfig
+from spineseg.inference.predict import PRECISIONS, PredictConfig
 from spineseg.inference.region import RegionConfig
 from spineseg.io import Volume, read_image, resample_to
 
@@ -94,12 +94,12 @@ def score_case(shared_data: Path, case: str, model: SegmentationModel,
                                 region=RegionConfig(enabled=region))
             res = segment(vol, model, cfg)
             m = evaluate_mask_pair(res.mask, ref, case)
+            seg = res.mask.array > 0
             row.update({f"dice{key}": round(m.dice, 4), f"iou{key}": round(m.iou, 4),
                         f"hd95_mm{key}": round(m.hd95_mm, 2),
-                        f"fp_far_ml{key}": round(float((res.mask.array.astype(bool) & far).sum())
-                                                 * voxel_ml, 3),
-                        f"fp_beyond_3mm_ml{key}": round(
-                            float((res.mask.array.astype(bool) & beyond).sum()) * voxel_ml, 3),
+                        f"fp_far_ml{key}": round(float((seg & far).sum()) * voxel_ml, 3),
+                        f"fp_beyond_3mm_ml{key}": round(float((seg & beyond).sum()) * voxel_ml,
+                                                        3),
                         f"seconds{key}": round(time.perf_counter() - t, 1)})
             if post:
                 row[f"sensitivity{key}"] = round(m.sensitivity, 4)
@@ -120,8 +120,7 @@ def main() -> None:
                     help="coarse-to-fine region (segment's default), whole slices "
                          "(segment --full-slice), or both in one run")
     ap.add_argument("--precision", default="auto",
-                    choices=("auto", "float32", "bfloat16", "float16"),
-                    help="network arithmetic, as segment --precision")
+                    choices=PRECISIONS, help="network arithmetic, as segment --precision")
     ap.add_argument("--no-nopost", action="store_true",
                     help="skip the clean run without post-processing")
     args = ap.parse_args()

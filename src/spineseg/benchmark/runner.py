@@ -181,11 +181,10 @@ def _time_nnunet(ct_path: Path, net3d: torch.nn.Module, spec: NnUNetFastSpec, re
             r = run_nnunet_fast(read_image(ct_path), net3d, spec, dtype)
             r["seconds"] = time.perf_counter() - t
             runs.append(r)
-    n = int(slices)
     sec = statistics.median(r["seconds"] for r in runs)
     net_s = statistics.median(r["network_s"] for r in runs)
-    return {"slices": n, "seconds": sec, "slices_per_s": n / sec, "network_seconds": net_s,
-            "network_slices_per_s": n / net_s, "peak_rss_bytes": mem.peak_bytes,
+    return {"slices": slices, "seconds": sec, "slices_per_s": slices / sec,
+            "network_seconds": net_s, "network_slices_per_s": slices / net_s, "peak_rss_bytes": mem.peak_bytes,
             "windows": runs[-1]["windows"], "grid_zyx": runs[-1]["grid_zyx"],
             "spec": asdict(spec), "repeats": repeats, "precision": str(dtype).removeprefix(
                 "torch."), "parameters": sum(p.numel() for p in net3d.parameters())}

@@ -21,6 +21,7 @@ from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import InputError, ModelError
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import OptimizeConfig, optimize_network
+from spineseg.models.padding import split_padding
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,9 @@ def _grid_box(lo: int, hi: int, frame: slice, divisor: int) -> slice:
 
 
 def _padded_frame(box: slice, divisor: int) -> slice:
-    """The body box padded to a multiple of ``divisor``, split as
-    :func:`spineseg.models.padding.pad_to_multiple` splits it."""
-    pad = -(box.stop - box.start) % divisor
-    return slice(box.start - pad // 2, box.stop + pad - pad // 2)
+    """The body box padded to a multiple of ``divisor`` as the network's input is padded."""
+    before, after = split_padding(box.stop - box.start, divisor)
+    return slice(box.start - before, box.stop + after)
 
 
 def _clip_boxes(boxes: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:

@@ -10,15 +10,18 @@ import torch
 import torch.nn.functional as F
 
 
+def split_padding(size: int, divisor: int) -> tuple[int, int]:
+    """``(before, after)`` padding that takes ``size`` to a multiple of ``divisor``, split evenly
+    (the odd pixel after) so the anatomy stays centred."""
+    pad = -size % divisor
+    return pad // 2, pad - pad // 2
+
+
 def pad_to_multiple(x: torch.Tensor, divisor: int,
                     value: float) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (..., H, W) on all sides to multiples of ``divisor``; return the (top, left) offset.
-
-    Padding is split evenly between the two sides so the anatomy stays centred; ``value`` is
-    normally the normalised intensity of air.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
-    return x, (ph // 2, pw // 2)
+    """Pad (..., H, W) on all sides to multiples of ``divisor`` (:func:`split_padding`); return
+    the (top, left) offset. ``value`` is normally the normalised intensity of air."""
+    (top, bottom), (left, right) = (split_padding(n, divisor) for n in x.shape[-2:])
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), value=value)
+    return x, (top, left)
