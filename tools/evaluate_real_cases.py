@@ -64,7 +64,7 @@ def stressed(ct: Volume, ref: Volume, stress: str, seed: int = 0) -> Volume:
 def score_case(shared_data: Path, case: str, model: SegmentationModel,
                stresses: Sequence[str] = STRESSES, tta: bool = False,
                compare_nopost: bool = True, regions: Sequence[bool] = (True,),
-               precision: str = "auto") -> list[dict[str, object]]:
+               precision: str = "auto", pad_to_patch: bool = True) -> list[dict[str, object]]:
     """One row per stress: Dice, IoU, HD95, sensitivity, precision of ``segment`` on the case.
 
     Post-processing's effect is measured on the clean scan only (``compare_nopost``), with the
@@ -89,7 +89,8 @@ def score_case(shared_data: Path, case: str, model: SegmentationModel,
         for post, region, key in runs:
             t = time.perf_counter()
             cfg = SegmentConfig(predict=PredictConfig(progress=False, mirror=tta,
-                                                      precision=precision),
+                                                      precision=precision,
+                                                      pad_to_patch=pad_to_patch),
                                 mesh=None, postprocess=PostprocessConfig(enabled=post),
                                 region=RegionConfig(enabled=region))
             res = segment(vol, model, cfg)
@@ -123,19 +124,24 @@ def main() -> None:
                     choices=PRECISIONS, help="network arithmetic, as segment --precision")
     ap.add_argument("--no-nopost", action="store_true",
                     help="skip the clean run without post-processing")
+    ap.add_argument("--no-pad-to-patch", action="store_true",
+                    help="run the network on inputs smaller than its training patch "
+                         "(PredictConfig.pad_to_patch off), for comparison")
     args = ap.parse_args()
     regions = {"on": (True,), "off": (False,), "both": (True, False)}[args.region]
     model = load_segmentation_model(args.model)
     rows = []
     for case in args.cases.split(","):
         for row in score_case(args.shared_data, case, model, args.stresses.split(","), args.tta,
-                              not args.no_nopost, regions, args.precision):
+                              not args.no_nopost, regions, args.precision,
+                              not args.no_pad_to_patch):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "sha256": model.sha256,
                                          "tta": args.tta, "region": args.region,
                                          "precision": args.precision,
+                                         "pad_to_patch": not args.no_pad_to_patch,
                                          "rows": rows}, indent=2) + "\n")
 
 

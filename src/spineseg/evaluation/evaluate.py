@@ -33,7 +33,7 @@ from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import DataError, GeometryError, InputError, ModelError
 from spineseg.evaluation.metrics import EvaluationResult, VolumeMetrics, volume_metrics
 from spineseg.io import Volume, read_image, resample_to
-from spineseg.models.padding import pad_to_multiple
+from spineseg.models.padding import pad_to_multiple, training_patch_size
 
 MASK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 log = logging.getLogger(__name__)
@@ -143,12 +143,15 @@ def iter_slice_logits(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     spacing_z: float = 0.0,
+    min_size: int = 0,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first slice index, logits (B, C, H, W))`` for batches of whole axial slices.
 
     ``hu`` is ``(Z, H, W)`` in HU (a memory map is fine: only one batch is read at a time).
     Slices are padded with normalised air to multiples of ``divisor`` (= 2**depth, which the
-    networks require) and the logits cropped back, so every pixel keeps its position. Logits stay
+    networks require), and to at least ``min_size`` (the training patch side: see
+    :mod:`spineseg.models.padding`), and the logits cropped back, so every pixel keeps its
+    position. Logits stay
     on ``device`` in float32. The caller sets ``model.eval()`` and the grad mode.
     ``spacing_z`` (mm between slices) is needed only by a 2.5-D model's slice context.
     """
@@ -161,7 +164,7 @@ def iter_slice_logits(
         zs = slice(start, min(start + batch_size, hu.shape[0]))
         x = torch.from_numpy(preprocessing.network_input(hu, zs, spacing_z))
         x = x.to(dev, non_blocking=cuda)
-        x, (top, left) = pad_to_multiple(x, divisor, air)
+        x, (top, left) = pad_to_multiple(x, divisor, air, min_size)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, enabled=cuda):
@@ -172,8 +175,10 @@ def iter_slice_logits(
 
 def predict_volume(model: nn.Module, hu: np.ndarray, preprocessing: Preprocessing, *,
                    divisor: int, batch_size: int = 16, device: str | torch.device = "cpu",
-                   threshold: float = 0.5, spacing_z: float = 0.0) -> np.ndarray:
-    """Binary (uint8) spine mask of a ``(Z, H, W)`` HU volume, slice by slice."""
+                   threshold: float = 0.5, spacing_z: float = 0.0,
+                   min_size: int = 0) -> np.ndarray:
+    """Binary (uint8) spine mask of a ``(Z, H, W)`` HU volume, slice by slice; ``min_size``
+    as in :func:`iter_slice_logits`."""
     was_training = model.training
     model.eval()
     out = np.zeros(hu.shape, dtype=np.uint8)
@@ -182,7 +187,7 @@ def predict_volume(model: nn.Module, hu: np.ndarray, preprocessing: Preprocessin
         with torch.inference_mode():
             for start, logits in iter_slice_logits(model, hu, preprocessing, divisor=divisor,
                                                    batch_size=batch_size, device=device,
-                                                   spacing_z=spacing_z):
+                                                   spacing_z=spacing_z, min_size=min_size):
                 out[start:start + logits.shape[0]] = (
                     (logits[:, 0] > logit_threshold).to(torch.uint8).cpu().numpy())
     finally:
@@ -201,8 +206,10 @@ def evaluate_network(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    min_size: int = 0,
 ) -> list[VolumeMetrics]:
-    """Predict and score every case of ``split`` of a prepared dataset with ``model``."""
+    """Predict and score every case of ``split`` of a prepared dataset with ``model``;
+    ``min_size`` as in :func:`iter_slice_logits`."""
     root = Path(dataset)
     manifest = read_manifest(root)
     wanted = manifest.preprocessing_obj
@@ -223,7 +230,8 @@ def evaluate_network(
             raise DataError(f"{d}: cannot open the case arrays ({exc})") from exc
         spacing = tuple(float(s) for s in manifest.cases[cid].spacing)
         pred = predict_volume(model, hu, preprocessing, divisor=divisor,
-                              batch_size=batch_size, device=device, spacing_z=spacing[2])
+                              batch_size=batch_size, device=device, spacing_z=spacing[2],
+                              min_size=min_size)
         results.append(volume_metrics(pred, np.asarray(ref), spacing, cid))
     return results
 
@@ -255,8 +263,10 @@ def evaluate_model(
     model.to(device)
     preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
     divisor = 2 ** int(ckpt["model_config"].get("depth", 0))
+    min_size = training_patch_size(ckpt.get("train_config"))
     cases = evaluate_network(model, dataset, preprocessing, divisor=divisor, split=split,
-                             kinds=kinds, batch_size=batch_size, device=device, progress=progress)
+                             kinds=kinds, batch_size=batch_size, device=device, progress=progress,
+                             min_size=min_size)
     return EvaluationResult.from_cases(cases, {
         "mode": "model",
         "checkpoint": str(checkpoint),
@@ -264,4 +274,5 @@ def evaluate_model(
         "epoch": int(ckpt.get("epoch", -1)),
         "dataset": str(dataset),
         "split": split,
+        "min_input": min_size,
     })

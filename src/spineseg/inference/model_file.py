@@ -33,6 +33,7 @@ from spineseg.data.preprocess import Preprocessing
 from spineseg.errors import ModelError, SpinesegError
 from spineseg.io.atomic import write_bytes_atomic
 from spineseg.models import build_model, config_class, stage_widths
+from spineseg.models.padding import training_patch_size
 from spineseg.models.registry import ModelConfig
 from spineseg.serialization import dumps, load_weights_only, verify_checksum
 
@@ -53,6 +54,8 @@ class SegmentationModel:
     sha256: str = ""
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # The least input side the network is run on: its training patch (0: not recorded).
+    min_input: int = 0
 
     @property
     def divisor(self) -> int:
@@ -245,6 +248,9 @@ def load_segmentation_model(path: str | os.PathLike[str] | None = None,
         raise ModelError(f"{p}: weights do not match the recorded network ({exc})") from exc
     network.eval().to(device)
     meta = payload.get("meta", {})
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    # A shipped file records its training config in meta, a training checkpoint at the top.
+    min_input = training_patch_size(meta.get("train_config", payload.get("train_config")))
     return SegmentationModel(
         network=network,
         model_name=name,
@@ -253,7 +259,8 @@ def load_segmentation_model(path: str | os.PathLike[str] | None = None,
         threshold=threshold,
         sha256=actual,
         source=str(p),
-        meta=dict(meta) if isinstance(meta, dict) else {},
+        meta=meta,
+        min_input=min_input,
     )
 
 

@@ -46,6 +46,11 @@ class PredictConfig:
     halves the network's time) and on CUDA float16, float32 elsewhere. Reduced precision moves
     probabilities by up to ~0.02, which flips a few voxels at the threshold; the real cases'
     Dice stays within 0.003 of float32 (docs/performance.md).
+
+    ``pad_to_patch`` runs the network on no less than the patch side it was trained on, air
+    around a smaller input (:mod:`spineseg.models.padding`): a spine-protocol crop narrower than
+    the patch is then read in the context the network learnt it in. Off, the input is only padded
+    to the divisor, as before; it is a switch for comparisons, not for use.
     """
 
     batch_size: int = 8
@@ -59,6 +64,7 @@ class PredictConfig:
     bone_hu: float = 150.0
     mirror: bool = False
     precision: str = "auto"
+    pad_to_patch: bool = True
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -138,6 +144,14 @@ def _grid_box(lo: int, hi: int, frame: slice, divisor: int) -> slice:
     return slice(f0 + (lo - f0) // divisor * divisor, f0 - (-(hi - f0) // divisor) * divisor)
 
 
+def _at_least(box: slice, size: int, divisor: int) -> slice:
+    """``box`` (a multiple of ``divisor`` long) grown evenly by whole grid cells to at least
+    ``size``."""
+    cells = max(0, -(-(size - (box.stop - box.start)) // divisor))
+    before = cells // 2 * divisor
+    return slice(box.start - before, box.stop + cells * divisor - before)
+
+
 def _padded_frame(box: slice, divisor: int) -> slice:
     """The body box padded to a multiple of ``divisor`` as the network's input is padded."""
     before, after = split_padding(box.stop - box.start, divisor)
@@ -203,6 +217,7 @@ def predict_probabilities(
                leave=False)
     bar.update(hu.shape[0] - todo.size)
     d = model.divisor
+    least = model.min_input if cfg.pad_to_patch else 0
     frame_y, frame_x = _padded_frame(ys, d), _padded_frame(xs, d)
     try:
         for i0 in range(0, todo.size, cfg.batch_size):
@@ -210,8 +225,10 @@ def predict_probabilities(
             b = per_slice[zs]
             # The box holding the batch's boxes, on the whole-slice pass's divisor grid; CT is
             # read inside the body box, air fills the rest (as the whole-slice pass pads).
-            gys = _grid_box(int(b[:, 0].min()), int(b[:, 1].max()), frame_y, d)
-            gxs = _grid_box(int(b[:, 2].min()), int(b[:, 3].max()), frame_x, d)
+            gys = _at_least(_grid_box(int(b[:, 0].min()), int(b[:, 1].max()), frame_y, d),
+                            least, d)
+            gxs = _at_least(_grid_box(int(b[:, 2].min()), int(b[:, 3].max()), frame_x, d),
+                            least, d)
             rys = slice(max(gys.start, ys.start), min(gys.stop, ys.stop))
             rxs = slice(max(gxs.start, xs.start), min(gxs.stop, xs.stop))
             # Consecutive indices (always, unless slices are skipped) are a view, not a copy.

@@ -387,7 +387,8 @@ class _Run:
     def _validate(self, module: nn.Module) -> tuple[float, float]:
         """Validation loss (mean over slices) and pooled DSC over all validation slices.
 
-        Whole slices of every validation case, like the test protocol; cases are shared out
+        Whole slices of every validation case, padded to at least the patch (as the test
+        protocol and the product pipeline run the network), cases shared out
         over the ranks and the sums combined, so every rank gets the same numbers.
         """
         broadcast_buffers(module, self.dist)
@@ -405,7 +406,8 @@ class _Run:
                 for start, logits in iter_slice_logits(
                         module, hu, self.preprocessing, divisor=self.divisor,
                         batch_size=self.config.val_batch_size, device=self.device,
-                        spacing_z=float(self.case_spacing[cid][2])):
+                        spacing_z=float(self.case_spacing[cid][2]),
+                        min_size=self.config.patch_size):
                     y = torch.from_numpy(np.asarray(ref[start:start + len(logits)],
                                                     dtype=np.float32)[:, None]).to(self.device)
                     loss_sum += float(self.loss_fn(logits, y)) * len(logits)
