@@ -138,6 +138,7 @@ def test_25d_run_from_2d_weights_writes_a_25d_model_that_segments(dataset, tmp_p
     torch.testing.assert_close(w3[key][:, 1], w2[key][:, 0], atol=1e-6, rtol=0)
     # A 2.5-D model needs the slice spacing; the pipeline passes it, a bare call must not omit it.
     model = load_segmentation_model(tmp_path / "wide" / "last.pt")
+    assert model.min_input == cfg.patch_size  # a checkpoint runs on at least its patch
     hu = np.full((6, 32, 32), 40.0, np.float32)
     with pytest.raises(InputError, match="slice spacing"):
         predict_probabilities(model, hu, PredictConfig(progress=False))

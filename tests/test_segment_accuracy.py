@@ -86,3 +86,18 @@ def test_chest_with_correlated_noise_sd100(chest, model):
     noisy = ct.with_array(np.clip(np.rint(noisy_hu), -1024, 3071).astype(np.int16))
     res = segment(noisy, model, CFG)
     assert evaluate_mask_pair(res.mask, ref).dice >= MIN_DICE_NOISE100_CHEST
+
+
+# Spine-protocol crops the shipped file never saw (stored as sagittal slices, no air in the
+# field of view), measured 0.796 each; without running the network on at least its training
+# patch they scored 0.619 and 0.587 (docs/model-card.md).
+MIN_DICE_HELD_OUT_CROP = {"verse007": 0.77, "verse008": 0.77}
+
+
+@pytest.mark.parametrize("case", sorted(MIN_DICE_HELD_OUT_CROP))
+def test_held_out_sagittal_crop_keeps_its_vertebral_bodies(shared_data, model, case):
+    ct = read_image(shared_data / case / "ct.nii.gz")
+    ref = resample_to(read_image(shared_data / case / "spine.nii.gz"), ct,
+                      interpolation="nearest")
+    m = evaluate_mask_pair(segment(ct, model, CFG).mask, ref)
+    assert m.dice >= MIN_DICE_HELD_OUT_CROP[case] and m.sensitivity >= 0.65
