@@ -9,10 +9,11 @@ Two entry points, one result type (:class:`~spineseg.evaluation.metrics.Evaluati
   "per slice" means per axial slice, as in the paper.
 - :func:`evaluate_model` runs a trained network slice by slice on a prepared dataset split.
 
-The only import from :mod:`spineseg.training` is the checkpoint loader (``load_checkpoint``):
-a checkpoint is written by training, and reading it with the same validation in one place is
-safer than a second loader. Evaluation does not use :mod:`spineseg.inference` on purpose: it
-measures the network alone on prepared slices, without the product pipeline's post-processing.
+Checkpoints are read with :func:`spineseg.serialization.load_checkpoint`, the one loader the
+trainer and evaluation share; nothing here imports :mod:`spineseg.training`. Evaluation does not
+use :mod:`spineseg.inference` on purpose: it measures the network alone on prepared slices,
+without the product pipeline's post-processing, but runs it on at least its training patch as
+the pipeline does (:mod:`spineseg.models.padding`).
 """
 
 from __future__ import annotations
