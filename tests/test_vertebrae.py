@@ -73,6 +73,18 @@ def test_names_from_the_pelvis_and_the_last_rib():
     assert set(labels) == {0, *(VERSE_IDS[n] for n in names)}
 
 
+def test_a_count_across_a_merged_instance_is_not_confident():
+    # A 60 mm "vertebra" is what two bodies merged by an imperfect mask look like: the names
+    # counted from the last rib across it could be one off, so they lose their confidence;
+    # the vertebrae between the anchor and it keep theirs.
+    col = make_column([(26.0, 26.0), (60.0, 60.0)] + [(26.0, 26.0)] * 5, rib_levels=(5, 6))
+    result = label_vertebrae(col.ct, col.mask)
+    conf = [v.level.confidence for v in result.vertebrae]
+    at = result.config.levels.confident
+    assert [v.name for v in result.vertebrae][2:6] == ["L3", "L2", "L1", "T12"]
+    assert max(conf[:2]) < at and min(conf[2:]) >= at
+
+
 def test_without_an_anchor_vertebrae_stay_unnamed():
     col = make_column([(26.0, 26.0)] * 3)
     result = label_vertebrae(col.ct, col.mask)

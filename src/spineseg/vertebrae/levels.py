@@ -13,7 +13,9 @@ the ribs and the sacrum by definition. The anchors therefore come from the CT it
 Without an anchor the vertebrae stay unnamed (relative numbers from the top), because any name
 would be a guess. Two anchors that disagree with 12 + 5 (six or four rib-free vertebrae between
 the last rib and the pelvis, 11 or 13 rib-bearing ones) are reported as transitional anatomy.
-Confidence falls with the number of vertebrae counted from the anchor. The thresholds were set
+Confidence falls with the number of vertebrae counted from the anchor, and a count that crosses
+an irregular step between neighbouring bodies (two vertebrae merged into one instance, or one
+split in two, by an imperfect mask) names what lies beyond it without confidence. The thresholds were set
 on the labelled cases the project holds (docs/vertebrae.md) and are not validated beyond them.
 """
 
@@ -52,6 +54,11 @@ class LevelConfig:
     pelvis_ml_per_cm: float = 1.2
     #: Names at or above this confidence count as confident.
     confident: float = 0.7
+    #: Distances between neighbouring body centres outside this band around their median (on
+    #: the reference masks they stay within 0.82–1.15) mark a merge or a split; a name counted
+    #: across one gets at most ``irregular_confidence``.
+    pitch_band: tuple[float, float] = (0.75, 1.3)
+    irregular_confidence: float = 0.5
 
 
 @dataclass
@@ -146,6 +153,18 @@ def _at_edge(inst: Instances, depth_z: int) -> np.ndarray:
     return edge
 
 
+def irregular_steps(inst: Instances, spacing_zyx: np.ndarray,
+                    band: tuple[float, float]) -> np.ndarray:
+    """Per step between instances i and i + 1: its centre distance (mm) lies outside ``band``
+    times the median step. Needs three steps for a median; with fewer, none is irregular."""
+    centres = np.asarray(inst.body_centroids, dtype=float).reshape(-1, 3) * spacing_zyx
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    if steps.size < 3:
+        return np.zeros(steps.size, dtype=bool)
+    ratio = steps / np.median(steps)
+    return (ratio < band[0]) | (ratio > band[1])
+
+
 def _name_from(position: int, extra_below: bool) -> str | None:
     """Column name at ``position`` in :data:`COLUMN` (one past L5 is L6 where allowed)."""
     if 0 <= position < len(COLUMN):
@@ -226,6 +245,11 @@ def name_levels(ct: np.ndarray, mask: np.ndarray, inst: Instances,
                 "rib-free vertebrae): vertebrae are numbered V1, V2, … from the top, not named")
         return LevelReport(levels, anchors, transitional, note)
     k0, p0 = base
+    irregular = irregular_steps(inst, spacing_zyx, cfg.pitch_band)
+    # Steps whose count two agreeing anchors confirm (pelvis up to the last rib) need no check.
+    checked = irregular.copy()
+    if agree and last_rib is not None:
+        checked[:last_rib] = False
     start = 0.95 if agree else 0.85
     if transitional:
         start = 0.6  # two anchors, anatomy other than 12 + 5: either count could be the right one
@@ -234,6 +258,8 @@ def name_levels(ct: np.ndarray, mask: np.ndarray, inst: Instances,
     for i in range(n):
         name = _name_from(p0 + (k0 - i), extra_below)
         conf = max(0.0, start - 0.03 * abs(k0 - i))
+        if checked[min(i, k0):max(i, k0)].any():
+            conf = min(conf, cfg.irregular_confidence)
         if name is None:
             levels.append(VertebraLevel(i + 1, UNNAMED_BASE + n - i, f"V{n - i}", 0.0,
                                         bool(ribs[i]), lat[i]))
