@@ -100,3 +100,19 @@ def test_weight_soup_names_its_output_run(tmp_path):
     out = weight_soup.soup(tmp_path, "final", ["_s2", "_s2_noacq"], name="_s2_soup")
     assert out == tmp_path / "run_final_s2_soup" / "last.pt" and out.is_file()
     assert not (tmp_path / "run_final_soup").exists()
+
+
+def test_nested_threshold_choice_never_sees_the_patients_it_scores():
+    import threshold_selection as ts
+
+    # Patient "a" alone prefers 0.7, the others do not: scored held out, "a" gets the choice
+    # made on the others (0.3), and each fold's choice is made without its own patient.
+    groups = {"f1": ("a",), "f2": ("b",), "f3": ("c",)}
+    dice = {"a": {0.3: 0.60, 0.5: 0.70, 0.7: 0.75},
+            "b": {0.3: 0.85, 0.5: 0.80, 0.7: 0.60},
+            "c": {0.3: 0.84, 0.5: 0.80, 0.7: 0.70}}
+    out = ts.nested(groups, dice, (0.3, 0.5, 0.7))
+    assert out["chosen"] == {"f1": 0.3, "f2": 0.5, "f3": 0.5}
+    assert out["nested_dice"] == {"a": 0.60, "b": 0.80, "c": 0.80}
+    assert abs(out["worst_change"] + 0.10) < 1e-12
+    assert out["mean_at_0.5"] == (0.70 + 0.80 + 0.80) / 3
