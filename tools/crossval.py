@@ -46,6 +46,10 @@ FINETUNE = ["--sampling", "case", "--loss", "dicebce", "--patch", "160", "--batc
             "--context-slices", "1", "--context-mm", "3"]
 
 
+# Fine-tuning the shipped file rather than the phantom-only base: its stage-3 patch and rate.
+FROM_SHIPPED = ["--lr", "3e-4", "--patch", "192"]
+
+
 def _spineseg() -> list[str]:
     return [str(Path(sys.executable).with_name("spineseg"))]
 
@@ -120,7 +124,8 @@ def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
 
 
 def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau", seed: int = 1,
-                soup: bool = False, whole_body_weight: float = 1.0) -> tuple[str, list[str]]:
+                soup: bool = False, whole_body_weight: float = 1.0,
+                from_shipped: bool = False) -> tuple[str, list[str]]:
     """``(suffix of runs, logs and results, extra train arguments)`` of one fine-tune variant.
 
     Seed 1 is the recipe's own and adds nothing, so the runs made before seeds were a choice keep
@@ -132,6 +137,8 @@ def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau",
         variant, extra = variant + "_poly", [*extra, "--schedule", "poly"]
     if whole_body_weight != 1.0:
         variant += f"_wb{whole_body_weight:g}"
+    if from_shipped:  # the shipped file's own stage-3 settings: its patch, a gentler rate
+        variant, extra = variant + "_ship", [*extra, *FROM_SHIPPED]
     seeded = f"_s{seed}" if seed != 1 else ""
     if soup:
         return seeded + "_soup", []
@@ -205,11 +212,19 @@ def main() -> None:
     ap.add_argument("--soup", action="store_true",
                     help="score and render the weight averages tools/weight_soup.py made "
                          "(runs run_<fold>_soup; results get the suffix _soup)")
+    ap.add_argument("--from-shipped", action="store_true",
+                    help="fine-tune the shipped file (lr 3e-4, 192 px patches) instead of --base; "
+                         "runs, logs and results get the suffix _ship. Only patients the shipped "
+                         "file never saw (verse005-verse008) are held out in its folds")
     args = ap.parse_args()
     if not args.whole_body_weight > 0:
         ap.error("--whole-body-weight must be > 0")
     variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup,
-                                 args.whole_body_weight)
+                                 args.whole_body_weight, args.from_shipped)
+    if args.from_shipped:
+        from spineseg.inference.model_file import verified_default_model
+
+        args.base = verified_default_model()[0]
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:
