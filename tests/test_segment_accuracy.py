@@ -1,9 +1,10 @@
 """The shipped default model on the real cases, through the product pipeline.
 
 These are regression guards for the shipped weights (the model card has the full picture,
-including leave-one-out numbers on cases the model never saw). ts_chest and ts_abdomen were in
-the shipped model's training data, so these figures measure the pipeline + weights end to end
-(geometry, resampling, post-processing), not generalisation.
+including cross-validated numbers on cases its recipe never saw). All seven real patients are
+in the shipped model's training data, so these figures measure the pipeline + weights end to end
+(geometry, resampling, post-processing, the padding to the training patch), not
+generalisation.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from spineseg.inference.predict import PredictConfig
 from spineseg.io import read_image, reorient, resample_to, write_image
 from spineseg.reconstruction import voxel_to_physical
 
-# Measured with the committed weights (see docs/model-card.md), minus a small margin; the
-# abdomen's 0.90 is also the accuracy a shipped model must reach on that case.
-MIN_DICE = {"ts_chest": 0.81, "ts_abdomen": 0.90}  # measured 0.838, 0.932
-MIN_DICE_NOISE100_CHEST = 0.81  # measured 0.836
+# Measured with the committed weights (see docs/model-card.md), minus a small margin; these are
+# also the release guards a new shipped model must meet.
+MIN_DICE = {"ts_chest": 0.81, "ts_abdomen": 0.90}  # measured 0.849, 0.922
+MIN_DICE_NOISE100_CHEST = 0.81  # measured 0.844
 
 CFG = SegmentConfig(predict=PredictConfig(progress=False))
 
@@ -88,16 +89,30 @@ def test_chest_with_correlated_noise_sd100(chest, model):
     assert evaluate_mask_pair(res.mask, ref).dice >= MIN_DICE_NOISE100_CHEST
 
 
-# Spine-protocol crops the shipped file never saw (stored as sagittal slices, no air in the
-# field of view), measured 0.796 each; without running the network on at least its training
-# patch they scored 0.619 and 0.587 (docs/model-card.md).
-MIN_DICE_HELD_OUT_CROP = {"verse007": 0.77, "verse008": 0.77}
+# Spine-protocol crops stored as sagittal slices (no air in the field of view), measured 0.846,
+# 0.846, 0.897: they must pass through the pipeline with their vertebral bodies. Run without the
+# padding to the training patch, the previous shipped file kept only 0.47-0.62 of such scans.
+MIN_DICE_SAGITTAL_CROP = {"verse006": 0.82, "verse007": 0.82, "verse008": 0.87}
 
 
-@pytest.mark.parametrize("case", sorted(MIN_DICE_HELD_OUT_CROP))
-def test_held_out_sagittal_crop_keeps_its_vertebral_bodies(shared_data, model, case):
+@pytest.mark.parametrize("case", sorted(MIN_DICE_SAGITTAL_CROP))
+def test_sagittal_spine_crop_keeps_its_vertebral_bodies(shared_data, model, case):
     ct = read_image(shared_data / case / "ct.nii.gz")
     ref = resample_to(read_image(shared_data / case / "spine.nii.gz"), ct,
                       interpolation="nearest")
     m = evaluate_mask_pair(segment(ct, model, CFG).mask, ref)
-    assert m.dice >= MIN_DICE_HELD_OUT_CROP[case] and m.sensitivity >= 0.65
+    assert m.dice >= MIN_DICE_SAGITTAL_CROP[case] and m.sensitivity >= 0.78
+
+
+def test_abdomen_takes_little_other_anatomy_for_spine(abdomen, abdomen_result):
+    # Forgetting whole-body anatomy shows as bone beside the column taken as spine (S1, pelvis,
+    # rib heads): more than 3 mm from the reference, measured 1.9 mL; the release guard is the
+    # previous shipped file's 6.3 mL + 2 mL.
+    from scipy import ndimage
+
+    ct, ref = abdomen
+    r = np.asarray(ref.array) > 0
+    beyond = ndimage.distance_transform_edt(~r, sampling=ct.spacing[::-1]) > 3.0
+    ml = float((np.asarray(abdomen_result.mask.array > 0) & beyond).sum()) * np.prod(
+        ct.spacing) / 1000.0
+    assert ml <= 8.35
