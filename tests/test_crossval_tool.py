@@ -117,3 +117,20 @@ def test_nested_threshold_choice_never_sees_the_patients_it_scores():
     assert out["nested_dice"] == {"a": 0.60, "b": 0.80, "c": 0.80}
     assert abs(out["worst_change"] + 0.10) < 1e-12
     assert out["mean_at_0.5"] == (0.70 + 0.80 + 0.80) / 3
+
+
+def test_patients_a_released_base_saw_are_not_scored_as_held_out():
+    from crossval import held_out_cases, seen_by
+
+    from spineseg.inference.model_file import verified_default_model
+
+    # The shipped file saw all seven patients: fine-tuned from it, no fold holds anyone out.
+    seen = seen_by(verified_default_model()[1])
+    assert all(held_out_cases(fold, seen) == () for fold in ("fold1", "fold2", "fold3", "fold4"))
+    # The release before it saw the two whole-body scans and verse012, not the other crops.
+    seen = seen_by("0709aab8" + "0" * 56)
+    assert held_out_cases("fold1", seen) == ("verse005",)
+    assert held_out_cases("fold3", seen) == ("verse007",)
+    assert held_out_cases("fold4", seen) == ("verse008",)
+    # A base of one's own (the phantom-only one): nothing is known, every fold patient counts.
+    assert held_out_cases("fold1", seen_by("f" * 64)) == ("ts_chest", "verse005")

@@ -48,6 +48,25 @@ FINETUNE = ["--sampling", "case", "--loss", "dicebce", "--patch", "160", "--batc
 
 # Fine-tuning the shipped file rather than the phantom-only base: its stage-3 patch and rate.
 FROM_SHIPPED = ["--lr", "3e-4", "--patch", "192"]
+# The real patients each released model file was trained on (by SHA-256), which a file does not
+# record itself. Fine-tuned from such a file, a fold's patients the file saw are not held out,
+# so they are not scored (`held_out_cases`).
+SEEN_BY_RELEASE: dict[str, tuple[str, ...]] = {
+    # 0709aab8…: stage 3 of the three-patient recipe.
+    "0709aab8": ("ts_chest", "ts_abdomen", "verse012"),
+    # 0498fed7…: 0709aab8 fine-tuned on all seven patients.
+    "0498fed7": tuple(CASES),
+}
+
+
+def seen_by(base_sha256: str) -> tuple[str, ...]:
+    """The real patients a released base file was trained on (none for a file of one's own)."""
+    return next((v for k, v in SEEN_BY_RELEASE.items() if base_sha256.startswith(k)), ())
+
+
+def held_out_cases(fold: str, seen: Sequence[str] = ()) -> tuple[str, ...]:
+    """The patients ``fold`` holds out that its base did not see either."""
+    return tuple(case for case in FOLDS[fold] if case not in seen)
 
 
 def _spineseg() -> list[str]:
@@ -102,7 +121,7 @@ def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int,
 
 
 def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
-          variant: str = "") -> Path:
+          variant: str = "", seen: Sequence[str] = ()) -> Path:
     from spineseg.inference.model_file import load_segmentation_model
 
     out = work / f"crossval{variant}.json"
@@ -110,7 +129,7 @@ def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
     done = {(r["fold"], r["case"], r["stress"]) for r in result["rows"]}
     for fold in folds:
         model = load_segmentation_model(work / f"run_{fold}{variant}" / "last.pt")
-        for case in FOLDS[fold]:
+        for case in held_out_cases(fold, seen):
             if all((fold, case, s) in done for s in STRESSES):
                 continue
             for row in score_case(shared, case, model, STRESSES, tta=tta):
@@ -213,15 +232,15 @@ def main() -> None:
                     help="score and render the weight averages tools/weight_soup.py made "
                          "(runs run_<fold>_soup; results get the suffix _soup)")
     ap.add_argument("--from-shipped", action="store_true",
-                    help="fine-tune the shipped file (lr 3e-4, 192 px patches) instead of --base; "
-                         "runs, logs and results get the suffix _ship. Only patients the shipped "
-                         "file never saw (verse005-verse008) are held out in its folds")
+                    help="fine-tune a released file (lr 3e-4, 192 px patches): --base, or the "
+                         "shipped file without it; runs, logs and results get the suffix _ship. "
+                         "Folds holding out a patient the file was trained on are refused")
     args = ap.parse_args()
     if not args.whole_body_weight > 0:
         ap.error("--whole-body-weight must be > 0")
     variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup,
                                  args.whole_body_weight, args.from_shipped)
-    if args.from_shipped:
+    if args.from_shipped and args.base is None:
         from spineseg.inference.model_file import verified_default_model
 
         args.base = verified_default_model()[0]
@@ -240,8 +259,15 @@ def main() -> None:
         train(args.work, folds, args.base, args.epochs, args.jobs, variant, extra,
               args.whole_body_weight)
     held_out = [f for f in folds if f in FOLDS]
+    seen: tuple[str, ...] = ()
+    if args.base is not None:
+        from spineseg.inference.model_file import sha256_of
+
+        seen = seen_by(sha256_of(args.base))
+        if seen:
+            print(f"the base file was trained on {', '.join(seen)}: not scored as held out")
     if "score" in steps:
-        score(args.shared_data, args.work, held_out, args.tta, variant)
+        score(args.shared_data, args.work, held_out, args.tta, variant, seen)
     if "render" in steps:
         result = json.loads((args.work / f"crossval{variant}.json").read_text("utf-8"))
         table = render(result)
