@@ -285,3 +285,10 @@ def test_poly_schedule_decays_per_epoch_and_resumes_exactly(dataset, tmp_path,
     assert _same_weights(tmp_path / "ref" / "last.pt", tmp_path / "cut" / "last.pt")
     with pytest.raises(InputError, match="schedule"):
         tiny_config(dataset, tmp_path / "x", schedule="cosine")
+
+
+def test_training_memory_format_is_nchw_on_cpu_and_nhwc_on_cuda() -> None:
+    # On a CPU the channel attention's contiguous pooling copy makes NHWC training slower
+    # (docs/performance.md); CUDA's mixed-precision kernels want NHWC.
+    assert trainer_mod.training_memory_format(torch.device("cpu")) is torch.contiguous_format
+    assert trainer_mod.training_memory_format(torch.device("cuda")) is torch.channels_last

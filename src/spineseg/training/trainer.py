@@ -99,6 +99,18 @@ class TrainResult:
         return self.run_dir / LAST_FILE
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout activations train in: channels_last on CUDA, contiguous (NCHW) on a CPU.
+
+    On CUDA NHWC is what cuDNN's mixed-precision kernels want. On a CPU the channel attention
+    pools from a contiguous copy (its strided NHWC reductions are slow), and that copy, with its
+    backward, outweighs what oneDNN gains on the convolutions: one update of the shipped network
+    (batch 8, 192², one thread) takes 1.48 s contiguous and 1.73 s channels_last
+    (``tools/profile_training.py``, docs/performance.md).
+    """
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 def make_loss(name: str) -> nn.Module:
     """The paper's three losses plus the Dice+BCE combination its authors suggest.
 
@@ -268,10 +280,9 @@ class _Run:
         if len(self.train_ds) == 0:
             raise DataError(f"{cfg.data}: the training split has no slices")
         self.amp = cfg.amp and self.cuda
-        # channels_last (NHWC) on every device: on one CPU thread one update of the shipped
-        # network takes 0.96 s instead of 1.18 s (batch 8, 192², 3 channels); docs/performance.md.
+        self.memory_format = training_memory_format(self.device)
         self.model.to(self.device)
-        self.model.to(memory_format=torch.channels_last)
+        self.model.to(memory_format=self.memory_format)
         self.loss_fn = make_loss(cfg.loss)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
@@ -366,7 +377,7 @@ class _Run:
                     break
                 x = batch["image"].to(self.device, non_blocking=self.cuda)
                 y = batch["label"].to(self.device, non_blocking=self.cuda)
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=self.memory_format)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     logits = net(x)
                 loss = self.loss_fn(logits.float(), y)
