@@ -13,8 +13,9 @@ from spineseg.errors import DataError, InputError
 from spineseg.experiments.convergence import paired_test, plateau, read_curve
 from spineseg.experiments.figures import figure_curves
 from spineseg.experiments.profiles import PROFILES, check_real_patient_split
-from spineseg.experiments.runner import SeedResult, schedule
+from spineseg.experiments.runner import SeedResult, schedule, summarize
 from spineseg.experiments.specs import TABLES, runs_of
+from spineseg.experiments.tables import reading
 
 
 def test_plateau_met_on_a_flat_tail_and_not_on_a_rising_one() -> None:
@@ -148,3 +149,26 @@ def test_curves_figure(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(DataError):
         figure_curves({}, tmp_path / "none.png")
+
+
+def test_reading_compares_runs_on_the_seeds_all_of_them_finished() -> None:
+    t3 = TABLES["table3"]
+    keys = [t3.cell(c).run.key for c in ("case1", "case2", "case3")]
+
+    def res(key: str, seed: int, dsc: float) -> SeedResult:
+        r = _result(key, seed, None)
+        return dataclasses.replace(r, dsc=dsc, iou=dsc / 2)
+
+    # case 1 has a lucky second seed; on seed 0 alone it is clearly worst.
+    results = {keys[0]: [res(keys[0], 0, 0.80), res(keys[0], 1, 0.99)],
+               keys[1]: [res(keys[1], 0, 0.88)], keys[2]: [res(keys[2], 0, 0.90)]}
+    summaries = {k: summarize(k, v) for k, v in results.items()}
+    lines = reading(t3, summaries, results)
+    assert lines[0].startswith("- Compared on seed 0, the ones every run")
+    assert any(ln.startswith("- case 1 vs case 3: -10.00 DSC points") for ln in lines)
+    # The mixed means (89.5 against 90.0 and 88.0) would have ranked case 1 above case 2.
+    assert any("ours case 3 > case 2 > case 1" in ln for ln in lines)
+    # All runs at the same seeds: no note, the summaries as given.
+    equal = {k: v[:1] for k, v in results.items()}
+    lines = reading(t3, {k: summarize(k, v) for k, v in equal.items()}, equal)
+    assert not lines[0].startswith("- Compared on")
