@@ -134,3 +134,32 @@ def test_patients_a_released_base_saw_are_not_scored_as_held_out():
     assert held_out_cases("fold4", seen) == ("verse008",)
     # A base of one's own (the phantom-only one): nothing is known, every fold patient counts.
     assert held_out_cases("fold1", seen_by("f" * 64)) == ("ts_chest", "verse005")
+
+
+def test_a_continuation_starts_each_fold_from_its_own_run(tmp_path):
+    import pytest
+
+    for fold in ("fold1", "fold2"):
+        (tmp_path / f"run_{fold}_ship").mkdir()
+        (tmp_path / f"run_{fold}_ship" / "last.pt").write_bytes(b"x")
+    released = tmp_path / "released.pt"
+    bases = crossval.continuation_bases(tmp_path, ["fold1", "fold2", "final"], "_ship", released)
+    assert bases == {"fold1": tmp_path / "run_fold1_ship" / "last.pt",
+                     "fold2": tmp_path / "run_fold2_ship" / "last.pt", "final": released}
+    # A fold without its own run must not start from anything else: it would see its
+    # held-out patients through another fold's weights.
+    with pytest.raises(SystemExit, match="run_fold3_ship"):
+        crossval.continuation_bases(tmp_path, ["fold3"], "_ship", released)
+    with pytest.raises(SystemExit, match="run_final_ship"):
+        crossval.continuation_bases(tmp_path, ["final"], "_ship", None)
+
+
+def test_a_continuation_must_repeat_the_settings_of_the_runs_it_continues(tmp_path):
+    import subprocess
+
+    tool = Path(crossval.__file__)
+    proc = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path),
+                           "--continue-from", "_ship", "--steps", "train"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "the other flags make runs (none); pass those that made _ship" in proc.stderr

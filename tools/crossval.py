@@ -94,8 +94,31 @@ def whole_body_weights(fold: str, weight: float) -> list[str]:
             for arg in ("--patient-weight", f"{case}={weight:g}")]
 
 
-def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int,
-          variant: str = "", extra: Sequence[str] = (), whole_body_weight: float = 1.0) -> None:
+def continuation_bases(work: Path, folds: Sequence[str], suffix: str,
+                       final_fallback: Path | None) -> dict[str, Path]:
+    """Each fold's starting weights for ``--continue-from SUFFIX``: its own ``run_<fold>SUFFIX``.
+
+    The final run may continue from ``final_fallback`` (the file released from it) when its
+    ``run_final<SUFFIX>`` is not in this work folder. A fold's held-out patients must never be
+    seen twice, so a fold without its own run is refused rather than started from another.
+    """
+    bases: dict[str, Path] = {}
+    for fold in folds:
+        last = work / f"run_{fold}{suffix}" / "last.pt"
+        if last.is_file():
+            bases[fold] = last
+        elif fold == FINAL and final_fallback is not None:
+            bases[fold] = final_fallback
+        else:
+            raise SystemExit(f"--continue-from {suffix}: {last} is missing; train those runs "
+                             "first")
+    return bases
+
+
+def train(work: Path, folds: Sequence[str], base: Path | dict[str, Path], epochs: int,
+          jobs: int, variant: str = "", extra: Sequence[str] = (),
+          whole_body_weight: float = 1.0) -> None:
+    """Fine-tune every fold from ``base`` (one file, or a file per fold)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending = list(folds)
     running: list[tuple[str, subprocess.Popen[bytes], Any]] = []
@@ -106,7 +129,8 @@ def train(work: Path, folds: Sequence[str], base: Path, epochs: int, jobs: int,
             if (run / "last.pt").is_file():
                 argv = ["train", "--resume", str(run), "--epochs", str(epochs)]
             else:
-                argv = ["train", "--data", str(work / f"ds_{fold}"), "--init-weights", str(base),
+                init = base[fold] if isinstance(base, dict) else base
+                argv = ["train", "--data", str(work / f"ds_{fold}"), "--init-weights", str(init),
                         "--epochs", str(epochs), *FINETUNE, *extra,
                         *whole_body_weights(fold, whole_body_weight), "-o", str(run)]
             log = (work / f"{fold}{variant}.log").open("ab")
@@ -235,15 +259,27 @@ def main() -> None:
                     help="fine-tune a released file (lr 3e-4, 192 px patches): --base, or the "
                          "shipped file without it; runs, logs and results get the suffix _ship. "
                          "Folds holding out a patient the file was trained on are refused")
+    ap.add_argument("--continue-from", metavar="SUFFIX",
+                    help="fine-tune each fold again from its own run_<fold>SUFFIX/last.pt with a "
+                         "fresh optimiser (the final run: from run_final<SUFFIX>, else with "
+                         "--from-shipped the shipped file); the other flags must be those that "
+                         "made SUFFIX. Runs, logs and results get SUFFIX_cont")
     args = ap.parse_args()
     if not args.whole_body_weight > 0:
         ap.error("--whole-body-weight must be > 0")
     variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup,
                                  args.whole_body_weight, args.from_shipped)
-    if args.from_shipped and args.base is None:
+    shipped = None
+    if args.from_shipped:
         from spineseg.inference.model_file import verified_default_model
 
-        args.base = verified_default_model()[0]
+        shipped = verified_default_model()[0]
+        args.base = args.base or shipped
+    if args.continue_from is not None:
+        if args.soup or variant != args.continue_from:
+            ap.error(f"--continue-from {args.continue_from}: the other flags make runs "
+                     f"{variant or '(none)'}; pass those that made {args.continue_from}")
+        variant = args.continue_from + "_cont"
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:
@@ -256,7 +292,10 @@ def main() -> None:
             ap.error("--soup scores averages of trained runs; train them without it")
         if args.base is None:
             ap.error("train needs --base")
-        train(args.work, folds, args.base, args.epochs, args.jobs, variant, extra,
+        start: Path | dict[str, Path] = args.base
+        if args.continue_from is not None:
+            start = continuation_bases(args.work, folds, args.continue_from, shipped)
+        train(args.work, folds, start, args.epochs, args.jobs, variant, extra,
               args.whole_body_weight)
     held_out = [f for f in folds if f in FOLDS]
     seen: tuple[str, ...] = ()
