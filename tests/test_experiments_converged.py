@@ -172,3 +172,21 @@ def test_reading_compares_runs_on_the_seeds_all_of_them_finished() -> None:
     equal = {k: v[:1] for k, v in results.items()}
     lines = reading(t3, {k: summarize(k, v) for k, v in equal.items()}, equal)
     assert not lines[0].startswith("- Compared on")
+
+
+def test_table_header_says_how_many_seeds_stand_behind_each_cell_while_a_campaign_runs() -> None:
+    from spineseg.experiments.tables import ReportContext, table_markdown
+
+    t3 = TABLES["table3"]
+    keys = [t3.cell(c).run.key for c in ("case1", "case2", "case3")]
+    results = {keys[0]: [_result(keys[0], s, None) for s in (0, 1)],
+               keys[1]: [_result(keys[1], 0, None)], keys[2]: [_result(keys[2], 0, None)]}
+    summaries = {k: summarize(k, v) for k, v in results.items()}
+    ctx = ReportContext(command="c", date="d", hardware="h", dataset=(), profile=PROFILES["converged"],
+                        seeds=3, test_cases=("p1",), test_note="", train_slices=10)
+    md = table_markdown(t3, summaries, ctx)
+    assert ("over the seeds each cell has finished, of 3 (0…2): 1 cell at 2 seeds, 2 cells at "
+            "1 seed; a number without ± is one seed") in md
+    assert "over 3 seeds (0…2)" not in md
+    full = {k: summarize(k, [_result(k, s, None) for s in (0, 1, 2)]) for k in keys}
+    assert "over 3 seeds (0…2)" in table_markdown(t3, full, ctx)

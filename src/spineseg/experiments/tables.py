@@ -439,6 +439,14 @@ def table_markdown(table: TableSpec, summaries: dict[str, CellSummary],
     p = context.profile
     seeds = (f"mean ± sample SD (ddof = 1) over {context.seeds} seeds (0…{context.seeds - 1})"
              if context.seeds > 1 else "one seed (0): no spread")
+    counts = Counter(summaries[c.run.key].n for c in table.cells if c.run.key in summaries)
+    if context.seeds > 1 and any(n < context.seeds for n in counts):
+        # A campaign in progress: say how many seeds stand behind each kind of number.
+        have = ", ".join(f"{k} cell{'s' if k > 1 else ''} at {_count(n, 'seed')}"
+                         for n, k in sorted(counts.items(), reverse=True))
+        seeds = (f"mean ± sample SD (ddof = 1) over the seeds each cell has finished, of "
+                 f"{context.seeds} (0…{context.seeds - 1}): {have}; a number without ± is one "
+                 "seed")
     lines = [f"# {table.title}", "",
              "Our numbers next to the paper's (Jin et al. 2021: in parentheses or in its own "
              "column; — where it printed none, nothing for Dice+BCE, which it did not run)."
