@@ -22,7 +22,7 @@ from real_cases import CASES
 from spineseg.inference.model_file import SegmentationModel, load_segmentation_model
 from spineseg.inference.pipeline import SegmentConfig, segment
 from spineseg.inference.predict import PredictConfig
-from spineseg.io import CANONICAL, read_image, reorient, resample_to
+from spineseg.io import CANONICAL, read_image, reorient, resample_to, write_text_atomic
 
 BANDS = 10
 
@@ -92,9 +92,7 @@ def main() -> None:
               f"{row['dice']}, without the end bands' false positives "
               f"{row['dice_without_end_false_positives']}", flush=True)
     if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"rows": rows}, indent=2) + "\n", "utf-8")
-        tmp.replace(args.json)
+        write_text_atomic(args.json, json.dumps({"rows": rows}, indent=2) + "\n", overwrite=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ def held_out_cases(fold: str, seen: Sequence[str] = ()) -> tuple[str, ...]:
     return tuple(case for case in FOLDS[fold] if case not in seen)
 
 
+def _shipped_file() -> Path:
+    """The shipped model file, checked against its SHA-256 record."""
+    from spineseg.inference.model_file import verified_default_model
+
+    return verified_default_model()[0]
+
+
 def _spineseg() -> list[str]:
     return [str(Path(sys.executable).with_name("spineseg"))]
 
@@ -269,12 +276,8 @@ def main() -> None:
         ap.error("--whole-body-weight must be > 0")
     variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup,
                                  args.whole_body_weight, args.from_shipped)
-    shipped = None
-    if args.from_shipped:
-        from spineseg.inference.model_file import verified_default_model
-
-        shipped = verified_default_model()[0]
-        args.base = args.base or shipped
+    if args.from_shipped and args.base is None:
+        args.base = _shipped_file()
     if args.continue_from is not None:
         if args.soup or variant != args.continue_from:
             ap.error(f"--continue-from {args.continue_from}: the other flags make runs "
@@ -294,7 +297,8 @@ def main() -> None:
             ap.error("train needs --base")
         start: Path | dict[str, Path] = args.base
         if args.continue_from is not None:
-            start = continuation_bases(args.work, folds, args.continue_from, shipped)
+            start = continuation_bases(args.work, folds, args.continue_from,
+                                       _shipped_file() if args.from_shipped else None)
         train(args.work, folds, start, args.epochs, args.jobs, variant, extra,
               args.whole_body_weight)
     held_out = [f for f in folds if f in FOLDS]
