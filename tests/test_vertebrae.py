@@ -13,6 +13,7 @@ from spineseg.cli.main import main
 from spineseg.errors import GeometryError, InputError
 from spineseg.io import Volume, read_image, reorient, write_image
 from spineseg.vertebrae.analysis import label_vertebrae
+from spineseg.vertebrae.instances import split_vertebrae
 from spineseg.vertebrae.levels import UNNAMED_BASE, VERSE_IDS
 from vertebra_column import make_column
 
@@ -229,3 +230,29 @@ def test_segment_vertebrae_on_a_folder_of_cases(tmp_path, tiny_model_file, monke
     assert main(argv) == 4  # the same cohort without --vertebrae: other settings
     err = capsys.readouterr().err
     assert "--vertebrae" in err and err.count("\n") == 1
+
+
+def _fused_joint(sheet_z: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two bodies joined behind by a bar of bone the mask fuses; the CT's joint space (a dark
+    one-voxel sheet across the bar) lies at ``sheet_z``, below the bar's geodesic midpoint."""
+    mask = np.zeros((70, 50, 30), dtype=bool)
+    mask[2:26, 5:29, 3:27] = True   # lower body
+    mask[42:66, 5:29, 3:27] = True  # upper body
+    mask[10:58, 29:35, 12:18] = True  # the fused arches
+    ct = np.where(mask, 1000.0, 0.0).astype(np.float32)
+    ct[sheet_z, 29:35, 12:18] = 0.0
+    return mask, ct
+
+
+def test_a_joint_space_the_mask_fuses_separates_the_vertebrae():
+    mask, ct = _fused_joint(sheet_z=30)
+    bar = (slice(31, 34), slice(29, 35), slice(12, 18))  # between the sheet and the midpoint
+    plain = split_vertebrae(mask, (1.0, 1.0, 1.0))
+    with_ct = split_vertebrae(mask, (1.0, 1.0, 1.0), ct=ct)
+    assert plain.count == with_ct.count == 2
+    assert np.all(plain.labels[bar] == 1)  # nearest seed along the mask: the lower body
+    assert np.all(with_ct.labels[bar] == 2)  # the joint space puts it with the upper one
+    assert np.all(with_ct.labels[10:30, 29:35, 12:18] == 1)
+    # Without a dark gap the CT changes nothing.
+    solid = split_vertebrae(mask, (1.0, 1.0, 1.0), ct=np.where(mask, 1000.0, 0.0))
+    assert np.array_equal(solid.labels, plain.labels)

@@ -149,7 +149,7 @@ def label_vertebrae(ct: Volume, mask: Volume, probabilities: Volume | None = Non
         prob = _on_grid(probabilities.with_array(
             np.asarray(probabilities.array, dtype=np.float32)), canon, "linear", "prob")
     hu = np.asarray(canon.array)
-    inst: Instances = split_vertebrae(m, canon.spacing, prob, cfg.instances)
+    inst: Instances = split_vertebrae(m, canon.spacing, prob, cfg.instances, ct=hu)
     report = name_levels(hu, m, inst, canon.spacing, cfg.levels)
     measures = measure_vertebrae(hu, inst, canon.spacing, cfg.measures)
     value = np.zeros(inst.count + 1, dtype=np.uint16)

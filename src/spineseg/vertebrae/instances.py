@@ -11,7 +11,9 @@ radius, a facet contact or a disc bridge almost none. So:
 2. seeds that span two bodies (a bridged disc) are cut at their narrowest cross-section, and
    small deep spots that are not a body (a thick lamina) are dropped;
 3. every mask voxel joins the seed nearest to it along paths inside the mask: an arch is
-   nearer its own body through the pedicles than a neighbour's through the facet joints;
+   nearer its own body through the pedicles than a neighbour's through the facet joints. A
+   network's mask often fuses a facet joint into solid bone; with the CT, a path through a thin
+   dark gap inside the mask (the joint space) costs more;
 4. instances are numbered from the lowest up along the column.
 
 All on the canonical LPS grid: array axes (z, y, x) run inferior→superior, anterior→posterior,
@@ -53,6 +55,11 @@ class InstanceConfig:
     thin_mm: float = 5.0
     #: Pieces no seed reaches join the nearest instance within this distance, else are dropped.
     attach_mm: float = 15.0
+    #: With the CT: a voxel ``gap_hu`` below a grey closing of radius ``gap_mm`` (a joint space
+    #: up to ~5 mm wide) costs up to ``1 + gap_cost`` times more per mm of path (0 = off).
+    gap_mm: float = 2.5
+    gap_hu: float = 200.0
+    gap_cost: float = 30.0
 
 
 @dataclass
@@ -191,8 +198,12 @@ def _drop_beside_bodies(seeds: np.ndarray, n: int, spacing: tuple[float, float, 
 
 def split_vertebrae(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
                     probabilities: np.ndarray | None = None,
-                    config: InstanceConfig | None = None) -> Instances:
-    """Split a canonical (z, y, x) binary spine mask into vertebra instances."""
+                    config: InstanceConfig | None = None,
+                    ct: np.ndarray | None = None) -> Instances:
+    """Split a canonical (z, y, x) binary spine mask into vertebra instances.
+
+    ``ct`` (HU on the same grid, optional) lets joint spaces the mask fuses separate vertebrae.
+    """
     cfg = config or InstanceConfig()
     binary = np.asarray(mask) > 0
     sx, sy, sz = (float(s) for s in spacing_xyz)
@@ -221,7 +232,10 @@ def split_vertebrae(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
     seeds, n = _drop_beside_bodies(seeds, n, spacing)
     if n == 0:
         return Instances(empty, empty.copy(), np.zeros((0, 3)), np.zeros((0, 3)))
-    labels = _nearest_seed_within(seeds, sub, depth, spacing, cfg.thin_mm)
+    weight = None
+    if ct is not None and cfg.gap_cost > 0:
+        weight = _gap_weight(np.asarray(ct, dtype=np.float32)[box], spacing, cfg)
+    labels = _nearest_seed_within(seeds, sub, depth, spacing, cfg.thin_mm, weight)
     labels = _attach_unreached(labels, sub, spacing, cfg.attach_mm)
 
     # Body: what balls of the seed's depth, centred in the seed, fill (a morphological opening).
@@ -243,8 +257,25 @@ def split_vertebrae(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
                      body_cents[order - 1] + offset)
 
 
+def _gap_weight(hu: np.ndarray, spacing: tuple[float, float, float],
+                cfg: InstanceConfig) -> np.ndarray:
+    """Path-cost factor, 1 in solid bone and up to ``1 + gap_cost`` in a thin dark gap.
+
+    A black top-hat (grey closing minus the image) is large only where a dark sheet thinner
+    than the closing's ball runs between brighter bone: a facet joint space, a disc edge. Body
+    marrow is too wide to be closed and stays near 1. Axes coarser than the radius (3 mm
+    sagittal slices) are not closed along.
+    """
+    radius = [int(cfg.gap_mm // s) for s in spacing]
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = sum((g * s / cfg.gap_mm) ** 2 for g, s in zip(grid, spacing, strict=True)) <= 1.0
+    gap = ndimage.grey_closing(hu, footprint=ball) - hu
+    return (1.0 + cfg.gap_cost * np.clip(gap / cfg.gap_hu, 0.0, 1.0)).astype(np.float32)
+
+
 def _nearest_seed_within(seeds: np.ndarray, mask: np.ndarray, depth: np.ndarray,
-                         spacing: tuple[float, float, float], thin_mm: float) -> np.ndarray:
+                         spacing: tuple[float, float, float], thin_mm: float,
+                         weight: np.ndarray | None = None) -> np.ndarray:
     """Label each mask voxel with the seed nearest to it along paths inside the mask (in mm).
 
     An arch is nearer its own body through the pedicles than a neighbour's body through the
@@ -256,6 +287,8 @@ def _nearest_seed_within(seeds: np.ndarray, mask: np.ndarray, depth: np.ndarray,
     costs = np.where(mask, 1.0, np.inf)
     if thin_mm > 0:  # crossing bone thinner than thin_mm costs more: a joint contact, not a pedicle
         costs = costs * (thin_mm / np.clip(depth, min(spacing), thin_mm))
+    if weight is not None:  # a joint space the mask fuses costs more to cross
+        costs = costs * weight
     mcp = MCP_Geometric(costs, sampling=spacing)
     _, trace = mcp.find_costs(np.argwhere(seeds > 0))
     offsets = np.asarray(mcp.offsets)
