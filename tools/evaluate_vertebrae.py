@@ -27,7 +27,7 @@ import numpy as np
 from real_cases import CASES
 from scipy import ndimage
 
-from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_to
+from spineseg.io import CANONICAL, Volume, read_image, reorient, resample_to, write_text_atomic
 from spineseg.vertebrae.analysis import label_vertebrae
 from spineseg.vertebrae.levels import VERSE_NAMES
 
@@ -55,10 +55,16 @@ def _centroid_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
     return np.argwhere(mask).mean(axis=0) * spacing_zyx
 
 
-def split_bound(ref: np.ndarray, binary: np.ndarray) -> dict[int, float]:
-    """Per reference vertebra, Dice of ``binary`` split by the nearest reference label."""
+def nearest_reference(ref: np.ndarray) -> np.ndarray:
+    """Every voxel's nearest reference label (computed once per case, used for each mask)."""
     _, idx = ndimage.distance_transform_edt(ref == 0, return_indices=True)
-    near = np.where(binary, ref[tuple(idx)], 0)
+    return ref[tuple(idx)]
+
+
+def split_bound(ref: np.ndarray, binary: np.ndarray,
+                nearest: np.ndarray | None = None) -> dict[int, float]:
+    """Per reference vertebra, Dice of ``binary`` split by the nearest reference label."""
+    near = np.where(binary, nearest_reference(ref) if nearest is None else nearest, 0)
     out = {}
     for r in (int(v) for v in np.unique(ref) if v):
         rm, pm = ref == r, near == r
@@ -67,10 +73,11 @@ def split_bound(ref: np.ndarray, binary: np.ndarray) -> dict[int, float]:
 
 
 def score(ref: np.ndarray, pred: np.ndarray, spacing_zyx: np.ndarray, named: bool,
-          confident: dict[int, bool], binary: np.ndarray) -> dict[str, Any]:
+          confident: dict[int, bool], binary: np.ndarray,
+          nearest: np.ndarray | None = None) -> dict[str, Any]:
     """Per-vertebra scores of predicted instance labels against reference VerSe labels."""
     rows = []
-    bound = split_bound(ref, binary)
+    bound = split_bound(ref, binary, nearest)
     pred_ids = [int(v) for v in np.unique(pred) if v]
     sizes = {p: int((pred == p).sum()) for p in pred_ids}
     for r in (int(v) for v in np.unique(ref) if v):
@@ -108,6 +115,7 @@ def run_case(shared: Path, case: str, predictions: Path | None) -> dict[str, Any
     ct = read_image(shared / entry.image)
     canon = reorient(ct, CANONICAL)
     ref = reference_levels(shared, case, canon)
+    nearest = nearest_reference(ref)
     spacing = np.asarray(canon.spacing, dtype=float)[::-1]
     out: dict[str, Any] = {"case": case, "kind": entry.kind, "sagittal": entry.sagittal}
     inputs = {"reference mask": (read_image(shared / entry.spine), None)}
@@ -128,7 +136,7 @@ def run_case(shared: Path, case: str, predictions: Path | None) -> dict[str, Any
                      for v in result.vertebrae}
         binary = np.asarray(resample_to(mask, canon, interpolation="nearest").array) > 0
         scored = score(ref, np.asarray(result.canonical_labels.array).astype(np.int32), spacing,
-                       result.named, confident, binary)
+                       result.named, confident, binary, nearest)
         scored["anchors"] = [a["kind"] for a in result.report.anchors]
         scored["transitional"] = result.report.transitional
         out[label] = scored
@@ -198,10 +206,10 @@ def main() -> None:
     text = markdown(cases, summary)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"cases": cases, "summary": summary}, indent=2) + "\n",
-                             encoding="utf-8")
+        write_text_atomic(args.json, json.dumps({"cases": cases, "summary": summary}, indent=2)
+                          + "\n", overwrite=True)
     if args.markdown:
-        args.markdown.write_text(text, encoding="utf-8")
+        write_text_atomic(args.markdown, text, overwrite=True)
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ def split_vertebrae(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
         return Instances(empty, empty.copy(), np.zeros((0, 3)), np.zeros((0, 3)))
     weight = None
     if ct is not None and cfg.gap_cost > 0:
-        weight = _gap_weight(np.asarray(ct, dtype=np.float32)[box], spacing, cfg)
+        weight = _gap_weight(np.asarray(ct)[box].astype(np.float32), spacing, cfg)  # crop, then cast
     labels = _nearest_seed_within(seeds, sub, depth, spacing, cfg.thin_mm, weight)
     labels = _attach_unreached(labels, sub, spacing, cfg.attach_mm)
 
