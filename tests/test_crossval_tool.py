@@ -77,6 +77,8 @@ def test_run_variants_name_seeds_without_renaming_the_recipes_own_runs():
     assert run_variant(soup=True) == ("_soup", [])
     assert run_variant(True, whole_body_weight=3)[0] == "_noacq_wb3"
     assert run_variant(from_shipped=True) == ("_ship", ["--lr", "3e-4", "--patch", "192"])
+    assert run_variant(from_shipped=True, precision="bfloat16") == (
+        "_ship_bf16", ["--lr", "3e-4", "--patch", "192", "--precision", "bfloat16"])
 
 
 def test_whole_body_weights_only_for_the_folds_training_patients():

@@ -231,6 +231,22 @@ def test_interrupted_seed_resumes_without_retraining(table2_dir: Path, dataset: 
     assert (seed / RESULT_FILE).is_file()
 
 
+def test_a_result_written_before_a_config_field_existed_still_counts(
+        table2_dir: Path, dataset: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Finished seeds of a long campaign were recorded before TrainConfig gained ``precision``;
+    # a missing key means that field's default, not another protocol.
+    out = tmp_path / "copy"
+    shutil.copytree(table2_dir, out)
+    for path in [*(out / "runs").rglob(RESULT_FILE), *(out / "cells").rglob("seed*.json")]:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        del result["train_config"]["precision"]
+        path.write_text(json.dumps(result), encoding="utf-8")
+    calls = _count_train_calls(monkeypatch)
+    assert main(_args("table2", dataset, out)) == 0
+    assert calls == []
+
+
 def test_another_profile_in_the_same_folder_is_refused(table2_dir: Path, dataset: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -287,8 +287,61 @@ def test_poly_schedule_decays_per_epoch_and_resumes_exactly(dataset, tmp_path,
         tiny_config(dataset, tmp_path / "x", schedule="cosine")
 
 
-def test_training_memory_format_is_nchw_on_cpu_and_nhwc_on_cuda() -> None:
-    # On a CPU the channel attention's contiguous pooling copy makes NHWC training slower
-    # (docs/performance.md); CUDA's mixed-precision kernels want NHWC.
+def test_training_memory_format_is_nchw_on_cpu_and_nhwc_on_cuda_and_in_bfloat16() -> None:
+    # float32 on a CPU keeps NCHW (which layout is faster depends on the host); CUDA's
+    # mixed-precision kernels and oneDNN's bfloat16 ones want NHWC (docs/performance.md).
     assert trainer_mod.training_memory_format(torch.device("cpu")) is torch.contiguous_format
     assert trainer_mod.training_memory_format(torch.device("cuda")) is torch.channels_last
+    assert trainer_mod.training_memory_format(torch.device("cpu"), "bfloat16") \
+        is torch.channels_last
+
+
+def test_autocast_dtype_per_device_and_precision() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert trainer_mod.autocast_dtype(cpu, "float32", amp=True) is None  # amp is CUDA's
+    assert trainer_mod.autocast_dtype(cpu, "bfloat16", amp=True) is torch.bfloat16
+    assert trainer_mod.autocast_dtype(cuda, "float32", amp=True) is torch.float16
+    assert trainer_mod.autocast_dtype(cuda, "float32", amp=False) is None
+    assert trainer_mod.autocast_dtype(cuda, "bfloat16", amp=True) is torch.bfloat16
+    with pytest.raises(InputError, match="precision"):
+        TrainConfig(data="d", out="o", precision="float16")
+
+
+def test_bfloat16_training_learns_in_float32_weights_and_resumes_exactly(
+        dataset, tmp_path, monkeypatch) -> None:
+    cfg = dict(model="msrunet", model_config={"base_width": 8, "depth": 2}, loss="dicebce",
+               precision="bfloat16", epochs=3, max_steps_per_epoch=3)
+    seen: list[torch.dtype] = []
+    real_loss = trainer_mod.make_loss
+
+    def spy_loss(name: str):
+        fn = real_loss(name)
+
+        def loss(logits, y):
+            seen.append(logits.dtype)
+            return fn(logits, y)
+        return loss
+    monkeypatch.setattr(trainer_mod, "make_loss", spy_loss)
+    result = train(tiny_config(dataset, tmp_path / "once", **cfg))
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert seen and set(seen) == {torch.float32}  # the loss sees float32 logits
+    state = load_checkpoint(tmp_path / "once" / "last.pt")["state_dict"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+    assert read_train_config(tmp_path / "once").precision == "bfloat16"
+    train(tiny_config(dataset, tmp_path / "twice", **{**cfg, "epochs": 2}))
+    train(tiny_config(dataset, tmp_path / "twice", **cfg), resume=True)
+    assert _same_weights(tmp_path / "once" / "last.pt", tmp_path / "twice" / "last.pt")
+    with pytest.raises(InputError, match="precision"):  # a resume may not change it
+        train(tiny_config(dataset, tmp_path / "twice", **{**cfg, "epochs": 4,
+                                                          "precision": "float32"}), resume=True)
+
+
+def test_cli_train_precision_flag_reaches_the_config(dataset, tmp_path) -> None:
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(dataset), "--model", "unet", "--width", "4", "--depth",
+                 "2", "--patch", "32", "--batch-size", "4", "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--device", "cpu", "--no-augment",
+                 "--precision", "bfloat16", "-o", str(run)])
+    assert code == 0
+    assert read_train_config(run).precision == "bfloat16"
+    assert TrainConfig.field_defaults()["precision"] == "float32"

@@ -1,13 +1,16 @@
-"""Time one training update of the shipped architecture under layout and kernel variants,
-interleaved in one process so the machine's load drifts over all of them alike.
+"""Time one training update of the shipped architecture under layout, kernel and precision
+variants, interleaved in one process so the machine's load drifts over all of them alike.
 
     python tools/bench_update_variants.py --threads 1 --patch 192 --rounds 4
+    python tools/bench_update_variants.py --grid precision --threads 2 --patch 160
 
-Variants: memory format (NCHW / channels_last) x how the channel attention pools its
+``--grid kernels`` (default): memory format (NCHW / channels_last) x how the channel attention pools its
 descriptors (``copy``: mean and max over a contiguous copy, as shipped; ``raw``: straight from
 the feature map; ``adaptive``: torch's adaptive pooling kernels) x whether 1x1 convolutions run
 as ``F.conv2d`` or as matrix products (``gemm``; at one thread and batch < 16 torch sends 1x1
-convolutions to its reference kernel, whose backward zero-fills its input gradient). The data
+convolutions to its reference kernel, whose backward zero-fills its input gradient).
+``--grid precision``: memory format x float32 / bfloat16 autocast (the trainer's
+``--precision``), with the attention as shipped. The data
 are random tensors, so only the update is timed; ``tools/profile_training.py`` times the real
 data pipeline. Prints the median seconds per update of each variant and the load average.
 """
@@ -59,8 +62,8 @@ def _pointwise_gemm(conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
     return forward
 
 
-def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int,
-            batch: int) -> Callable[[], float]:
+def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int, batch: int,
+            bf16: bool = False) -> Callable[[], float]:
     torch.manual_seed(0)
     net = build_model("msrunet", base_width=16, depth=4, in_channels=3)
     net = net.to(memory_format=fmt)  # type: ignore[call-overload]
@@ -77,7 +80,9 @@ def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int,
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = loss_fn(logits.float(), y)
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -90,18 +95,27 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=192)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--grid", choices=("kernels", "precision"), default="kernels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     nchw, nhwc = torch.contiguous_format, torch.channels_last
-    variants = {
+    variants: dict[str, tuple[torch.memory_format, str, bool] | tuple[
+        torch.memory_format, str, bool, bool]] = {
         "nchw copy (trainer)": (nchw, "copy", False), "nchw raw": (nchw, "raw", False),
         "nchw adaptive": (nchw, "adaptive", False), "nchw adaptive gemm": (nchw, "adaptive", True),
         "nhwc copy": (nhwc, "copy", False), "nhwc raw": (nhwc, "raw", False),
         "nhwc adaptive": (nhwc, "adaptive", False), "nhwc adaptive gemm": (nhwc, "adaptive", True),
     }
-    steps = {k: _update(*v, args.patch, args.batch_size) for k, v in variants.items()}
+    if args.grid == "precision":
+        variants = {"nchw float32 (trainer)": (nchw, "copy", False, False),
+                    "nchw bfloat16": (nchw, "copy", False, True),
+                    "nhwc float32": (nhwc, "copy", False, False),
+                    "nhwc bfloat16": (nhwc, "copy", False, True)}
+    steps = {k: _update(*v[:3], args.patch, args.batch_size, *v[3:])  # type: ignore[arg-type]
+             for k, v in variants.items()}
     first = {k: [s(), s()][0] for k, s in steps.items()}  # two warm-up updates each
-    if max(first.values()) - min(first.values()) > 1e-4:  # same weights, same batch: same loss
+    # Same weights, same batch: the same first loss (bfloat16 rounds it in the third digit).
+    if max(first.values()) - min(first.values()) > (2e-3 if args.grid == "precision" else 1e-4):
         raise SystemExit(f"variants disagree on the first loss: {first}")
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):

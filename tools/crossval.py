@@ -175,7 +175,7 @@ def score(shared: Path, work: Path, folds: Sequence[str], tta: bool = False,
 
 def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau", seed: int = 1,
                 soup: bool = False, whole_body_weight: float = 1.0,
-                from_shipped: bool = False) -> tuple[str, list[str]]:
+                from_shipped: bool = False, precision: str = "float32") -> tuple[str, list[str]]:
     """``(suffix of runs, logs and results, extra train arguments)`` of one fine-tune variant.
 
     Seed 1 is the recipe's own and adds nothing, so the runs made before seeds were a choice keep
@@ -189,6 +189,8 @@ def run_variant(no_acquisition_augment: bool = False, schedule: str = "plateau",
         variant += f"_wb{whole_body_weight:g}"
     if from_shipped:  # the shipped file's own stage-3 settings: its patch, a gentler rate
         variant, extra = variant + "_ship", [*extra, *FROM_SHIPPED]
+    if precision != "float32":
+        variant, extra = variant + "_bf16", [*extra, "--precision", precision]
     seeded = f"_s{seed}" if seed != 1 else ""
     if soup:
         return seeded + "_soup", []
@@ -266,6 +268,9 @@ def main() -> None:
                     help="fine-tune a released file (lr 3e-4, 192 px patches): --base, or the "
                          "shipped file without it; runs, logs and results get the suffix _ship. "
                          "Folds holding out a patient the file was trained on are refused")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                    help="what fine-tunes compute in (bfloat16: runs, logs and results get the "
+                         "suffix _bf16)")
     ap.add_argument("--continue-from", metavar="SUFFIX",
                     help="fine-tune each fold again from its own run_<fold>SUFFIX/last.pt with a "
                          "fresh optimiser (the final run: from run_final<SUFFIX>, else with "
@@ -275,7 +280,7 @@ def main() -> None:
     if not args.whole_body_weight > 0:
         ap.error("--whole-body-weight must be > 0")
     variant, extra = run_variant(args.no_acquisition_augment, args.schedule, args.seed, args.soup,
-                                 args.whole_body_weight, args.from_shipped)
+                                 args.whole_body_weight, args.from_shipped, args.precision)
     if args.from_shipped and args.base is None:
         args.base = _shipped_file()
     if args.continue_from is not None:

@@ -44,7 +44,7 @@ from spineseg.experiments.convergence import Plateau, plateau, read_curve
 from spineseg.experiments.profiles import Profile
 from spineseg.experiments.specs import RunSpec
 from spineseg.io import write_text_atomic
-from spineseg.training.config import RESUMABLE_OVERRIDES
+from spineseg.training.config import RESUMABLE_OVERRIDES, TrainConfig
 from spineseg.training.trainer import BEST_FILE, METRICS_FILE, train
 
 __all__ = [
@@ -212,6 +212,9 @@ _RELOCATABLE = frozenset({"data"})
 
 
 def _same_protocol(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    # A key missing from a result written before its field existed means that field's default.
+    defaults = TrainConfig.field_defaults()
+    a, b = {**defaults, **a}, {**defaults, **b}
     return sorted(k for k in set(a) | set(b)
                   if k not in RESUMABLE_OVERRIDES | _RELOCATABLE and a.get(k) != b.get(k))
 

@@ -22,6 +22,7 @@ from spineseg.errors import InputError, ModelError
 from spineseg.inference.model_file import SegmentationModel
 from spineseg.inference.optimize import OptimizeConfig, optimize_network
 from spineseg.models.padding import split_padding
+from spineseg.models.precision import native_cpu_bfloat16
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,6 @@ class PredictConfig:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-
-
-def native_cpu_bfloat16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions in hardware (AVX-512 BF16 or AMX tiles).
-
-    Without them oneDNN emulates bfloat16 and it is slower than float32, so ``"auto"`` must
-    not pick it. torch exposes the CPUID checks only as private helpers; a torch without them
-    counts as no native support.
-    """
-    checks = [getattr(torch.cpu, name, None)
-              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    try:
-        return any(bool(check()) for check in checks if check is not None)
-    except RuntimeError:
-        return False
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> torch.dtype:

@@ -24,6 +24,11 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # decay, lr * (1 - epoch / epochs) ** 0.9, which ends every run at a small step size, so the last
 # weights do not depend on where a noisy step happened to land (fine-tunes of a fixed length).
 SCHEDULES: tuple[str, ...] = ("plateau", "poly")
+# What the forward and backward compute in: float32, or bfloat16 autocast (weights, optimiser
+# state and loss stay float32). On a CPU with AVX-512 BF16 or AMX an update of the shipped network
+# takes about two thirds of the float32 time (docs/performance.md); elsewhere it is emulated and
+# slower.
+TRAIN_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 CONFIG_FILE = "config.json"
 
 # Fields that may differ when a run is resumed: they change how long or where it runs, never
@@ -78,7 +83,8 @@ class TrainConfig:
     # are widened: the slice channel keeps them, the context channels start at zero.
     context_slices: int = 0
     context_mm: float = 3.0
-    amp: bool = True  # mixed precision; only ever used on CUDA
+    amp: bool = True  # float16 mixed precision with loss scaling; only ever used on CUDA
+    precision: str = "float32"  # TRAIN_PRECISIONS; "bfloat16" on CUDA replaces ``amp``
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +100,9 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {self.schedule!r}; choose from "
                              f"{', '.join(SCHEDULES)}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose from "
+                             f"{', '.join(TRAIN_PRECISIONS)}")
         if self.device not in DEVICES:
             raise InputError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
         for name in ("epochs", "batch_size", "patch_size", "val_batch_size"):
@@ -132,6 +141,17 @@ class TrainConfig:
             return cls(**d)
         except TypeError as exc:
             raise DataError(f"malformed training config: {exc}") from exc
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Each field's default: what a config written before the field existed meant by it."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return json.loads(json.dumps(out))
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Names of fields that differ, except those a resume may change."""

@@ -99,16 +99,31 @@ class TrainResult:
         return self.run_dir / LAST_FILE
 
 
-def training_memory_format(device: torch.device) -> torch.memory_format:
-    """The layout activations train in: channels_last on CUDA, contiguous (NCHW) on a CPU.
+def training_memory_format(device: torch.device,
+                           precision: str = "float32") -> torch.memory_format:
+    """The layout activations train in: channels_last on CUDA and in bfloat16 on a CPU.
 
-    On CUDA NHWC is what cuDNN's mixed-precision kernels want. On a CPU the channel attention
-    pools from a contiguous copy (its strided NHWC reductions are slow), and that copy, with its
-    backward, outweighs what oneDNN gains on the convolutions: one update of the shipped network
-    (batch 8, 192², one thread) takes 1.48 s contiguous and 1.73 s channels_last
-    (``tools/profile_training.py``, docs/performance.md).
+    On CUDA NHWC is what cuDNN's mixed-precision kernels want; oneDNN's bfloat16 convolutions
+    want it too (one update of the shipped network, batch 8, 160², one thread: 0.437 s NCHW,
+    0.419 s NHWC, ``tools/bench_update_variants.py --grid precision``). In float32 on a CPU the
+    faster layout depends on the machine (NCHW 1.17x faster on one 2-core host, NHWC 1.15x on
+    another, docs/performance.md), so the trainer keeps contiguous NCHW there.
     """
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if device.type == "cuda" or precision == "bfloat16":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def autocast_dtype(device: torch.device, precision: str, amp: bool) -> torch.dtype | None:
+    """The dtype forward and backward autocast to, or None for plain float32.
+
+    bfloat16 needs no loss scaling (float32's exponent range); CUDA's float16 ``amp`` does.
+    """
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if amp and device.type == "cuda":
+        return torch.float16
+    return None
 
 
 def make_loss(name: str) -> nn.Module:
@@ -279,8 +294,9 @@ class _Run:
                                      transform=transform, seed=cfg.seed)
         if len(self.train_ds) == 0:
             raise DataError(f"{cfg.data}: the training split has no slices")
-        self.amp = cfg.amp and self.cuda
-        self.memory_format = training_memory_format(self.device)
+        self.autocast = autocast_dtype(self.device, cfg.precision, cfg.amp)
+        self.amp = self.autocast == torch.float16  # loss scaling
+        self.memory_format = training_memory_format(self.device, cfg.precision)
         self.model.to(self.device)
         self.model.to(memory_format=self.memory_format)
         self.loss_fn = make_loss(cfg.loss)
@@ -378,7 +394,8 @@ class _Run:
                 x = batch["image"].to(self.device, non_blocking=self.cuda)
                 y = batch["label"].to(self.device, non_blocking=self.cuda)
                 x = x.contiguous(memory_format=self.memory_format)
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                    enabled=self.autocast is not None):
                     logits = net(x)
                 loss = self.loss_fn(logits.float(), y)
                 if not torch.isfinite(loss) and not self.amp:
