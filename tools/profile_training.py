@@ -1,5 +1,6 @@
 """Where one training update's time goes: data (sampling + augmentation) versus forward, backward
-and Adam step, in contiguous (NCHW) and channels_last (NHWC) memory format.
+and Adam step, in contiguous (NCHW) and channels_last (NHWC) memory format, float32 and bfloat16
+autocast (the trainer's ``--precision``).
 
     python tools/profile_training.py work/ds_final --threads 2 --patch 192 --batch-size 8
 
@@ -66,23 +67,27 @@ def main() -> None:
         "data_s_per_batch": round(_median_seconds(load, args.steps), 3),
     }
     loss_fn = make_loss("dicebce")
-    for fmt_name, fmt in (("contiguous", torch.contiguous_format),
-                          ("channels_last", torch.channels_last)):
+    for name, fmt, bf16 in (("contiguous", torch.contiguous_format, False),
+                            ("channels_last", torch.channels_last, False),
+                            ("channels_last_bfloat16", torch.channels_last, True)):
         net = build_model("msrunet", base_width=16, depth=4, in_channels=pp.channels)
         net = net.to(memory_format=fmt).train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         x = batch["image"].contiguous(memory_format=fmt)
         y = batch["label"]
 
-        def update(net=net, opt=opt, x=x, y=y) -> None:
-            loss = loss_fn(net(x), y)
+        def update(net=net, opt=opt, x=x, y=y, bf16=bf16) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        result[f"update_s_{fmt_name}"] = round(_median_seconds(update, args.steps), 3)
-    result["channels_last_speedup"] = round(
-        float(result["update_s_contiguous"]) / float(result["update_s_channels_last"]), 2)
+        result[f"update_s_{name}"] = round(_median_seconds(update, args.steps), 3)
+    for name in ("channels_last", "channels_last_bfloat16"):
+        result[f"{name}_speedup"] = round(
+            float(result["update_s_contiguous"]) / float(result[f"update_s_{name}"]), 2)
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 
