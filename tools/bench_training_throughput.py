@@ -3,8 +3,9 @@
     python tools/bench_training_throughput.py work/ds_fold4 --init-weights work/prev_0709.pt \
         --patch 192 --threads 2
 
-Each precision trains two one-epoch runs of ``--short`` and ``--long`` updates with the shipped
-recipe's settings (batch 8, 2.5-D input, case sampling, one data-loading worker); an epoch's
+Each precision trains two one-epoch runs of ``--short`` and ``--long`` updates with the settings
+of ``tools/crossval.py --from-shipped`` (batch 8, 2.5-D input, case sampling, lr 3e-4, one
+data-loading worker; ``--patch`` replaces the recipe's); an epoch's
 ``seconds`` also holds start-up and the validation pass, which are the same in both runs, so the
 difference divided by the extra updates is the time of one update as the trainer runs it. Runs
 alternate between precisions so drifting load hits both alike; the load average is printed.
@@ -21,9 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPE = ["--sampling", "case", "--loss", "dicebce", "--batch-size", "8",
-          "--foreground-fraction", "0.6", "--patience", "0", "--lr", "3e-4", "--seed", "1",
-          "--workers", "1", "--device", "cpu", "--context-slices", "1", "--context-mm", "3"]
+from crossval import FINETUNE, FROM_SHIPPED
 
 
 def _epoch_seconds(dataset: Path, init: Path, patch: int, steps: int, precision: str,
@@ -31,9 +30,11 @@ def _epoch_seconds(dataset: Path, init: Path, patch: int, steps: int, precision:
     run = out / f"{precision}_{steps}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     spineseg = str(Path(sys.executable).with_name("spineseg"))
+    # Later flags win: the recipe's, then its from-shipped overrides, then this benchmark's.
     subprocess.run([spineseg, "train", "--data", str(dataset), "--init-weights", str(init),
-                    "--patch", str(patch), "--epochs", "1", "--max-steps-per-epoch", str(steps),
-                    "--precision", precision, *RECIPE, "-o", str(run)],
+                    *FINETUNE, *FROM_SHIPPED, "--patch", str(patch), "--epochs", "1",
+                    "--max-steps-per-epoch", str(steps), "--precision", precision,
+                    "-o", str(run)],
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with (run / "metrics.csv").open(encoding="utf-8") as fh:
         return float(next(csv.DictReader(fh))["seconds"])

@@ -63,7 +63,7 @@ def _pointwise_gemm(conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int, batch: int,
-            bf16: bool = False) -> Callable[[], float]:
+            bf16: bool) -> Callable[[], float]:
     torch.manual_seed(0)
     net = build_model("msrunet", base_width=16, depth=4, in_channels=3)
     net = net.to(memory_format=fmt)  # type: ignore[call-overload]
@@ -99,20 +99,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     nchw, nhwc = torch.contiguous_format, torch.channels_last
-    variants: dict[str, tuple[torch.memory_format, str, bool] | tuple[
-        torch.memory_format, str, bool, bool]] = {
-        "nchw copy (trainer)": (nchw, "copy", False), "nchw raw": (nchw, "raw", False),
-        "nchw adaptive": (nchw, "adaptive", False), "nchw adaptive gemm": (nchw, "adaptive", True),
-        "nhwc copy": (nhwc, "copy", False), "nhwc raw": (nhwc, "raw", False),
-        "nhwc adaptive": (nhwc, "adaptive", False), "nhwc adaptive gemm": (nhwc, "adaptive", True),
+    # (memory format, attention pooling, 1x1 convolutions as matrix products, bfloat16)
+    variants: dict[str, tuple[torch.memory_format, str, bool, bool]] = {
+        "nchw copy (trainer)": (nchw, "copy", False, False),
+        "nchw raw": (nchw, "raw", False, False),
+        "nchw adaptive": (nchw, "adaptive", False, False),
+        "nchw adaptive gemm": (nchw, "adaptive", True, False),
+        "nhwc copy": (nhwc, "copy", False, False), "nhwc raw": (nhwc, "raw", False, False),
+        "nhwc adaptive": (nhwc, "adaptive", False, False),
+        "nhwc adaptive gemm": (nhwc, "adaptive", True, False),
     }
     if args.grid == "precision":
         variants = {"nchw float32 (trainer)": (nchw, "copy", False, False),
                     "nchw bfloat16": (nchw, "copy", False, True),
                     "nhwc float32": (nhwc, "copy", False, False),
                     "nhwc bfloat16": (nhwc, "copy", False, True)}
-    steps = {k: _update(*v[:3], args.patch, args.batch_size, *v[3:])  # type: ignore[arg-type]
-             for k, v in variants.items()}
+    steps = {k: _update(fmt, pool, gemm, args.patch, args.batch_size, bf16)
+             for k, (fmt, pool, gemm, bf16) in variants.items()}
     first = {k: [s(), s()][0] for k, s in steps.items()}  # two warm-up updates each
     # Same weights, same batch: the same first loss (bfloat16 rounds it in the third digit).
     if max(first.values()) - min(first.values()) > (2e-3 if args.grid == "precision" else 1e-4):
