@@ -13,7 +13,7 @@ from spineseg.cli.main import main
 from spineseg.errors import GeometryError, InputError
 from spineseg.io import Volume, read_image, reorient, write_image
 from spineseg.vertebrae.analysis import label_vertebrae
-from spineseg.vertebrae.instances import split_vertebrae
+from spineseg.vertebrae.instances import InstanceConfig, split_vertebrae
 from spineseg.vertebrae.levels import UNNAMED_BASE, VERSE_IDS
 from vertebra_column import make_column
 
@@ -256,3 +256,27 @@ def test_a_joint_space_the_mask_fuses_separates_the_vertebrae():
     # Without a dark gap the CT changes nothing.
     solid = split_vertebrae(mask, (1.0, 1.0, 1.0), ct=np.where(mask, 1000.0, 0.0))
     assert np.array_equal(solid.labels, plain.labels)
+
+
+def _arch_on_a_thread() -> np.ndarray:
+    """Two vertebrae as a network's mask often has them: the upper body's pedicle broken down to
+    a thread, its arch fused to the lower arch by a thick bar where the facet joint was."""
+    mask = np.zeros((72, 64, 30), dtype=bool)
+    mask[2:26, 5:29, 3:27] = True     # lower body
+    mask[40:64, 5:29, 3:27] = True    # upper body
+    mask[8:20, 29:42, 8:22] = True    # the lower pedicles, solid
+    mask[4:22, 42:54, 6:24] = True    # the lower arch
+    mask[50:53, 29:42, 14:16] = True  # the upper pedicle, a thread
+    mask[42:62, 42:54, 6:24] = True   # the upper arch, at its body's height
+    mask[22:42, 44:52, 8:22] = True   # the fused facet joint
+    return mask
+
+
+def test_an_arch_stays_in_its_own_slab_of_the_column():
+    mask = _arch_on_a_thread()
+    upper_arch, lower_arch = np.s_[46:60, 44:52, 8:22], np.s_[6:20, 44:52, 8:22]
+    shortest = split_vertebrae(mask, (1.0, 1.0, 1.0), config=InstanceConfig(slab_cost=0.0))
+    assert shortest.count == 2 and np.all(shortest.labels[upper_arch] == 1)  # via the bar
+    inst = split_vertebrae(mask, (1.0, 1.0, 1.0))
+    assert inst.count == 2
+    assert np.all(inst.labels[upper_arch] == 2) and np.all(inst.labels[lower_arch] == 1)

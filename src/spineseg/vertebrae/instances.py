@@ -60,6 +60,11 @@ class InstanceConfig:
     gap_mm: float = 2.5
     gap_hu: float = 200.0
     gap_cost: float = 30.0
+    #: Each vertebra's slab runs between the planes halfway to its neighbours' cores, normal to
+    #: the column; a path costs up to ``1 + slab_cost`` times more per mm where it lies more than
+    #: ``slab_margin_mm`` outside the slab of the core it comes from (0 = off).
+    slab_cost: float = 10.0
+    slab_margin_mm: float = 5.0
 
 
 @dataclass
@@ -235,7 +240,11 @@ def split_vertebrae(mask: np.ndarray, spacing_xyz: tuple[float, float, float],
     weight = None
     if ct is not None and cfg.gap_cost > 0:
         weight = _gap_weight(np.asarray(ct)[box].astype(np.float32), spacing, cfg)  # crop, then cast
-    labels = _nearest_seed_within(seeds, sub, depth, spacing, cfg.thin_mm, weight)
+    costs = _path_costs(sub, depth, spacing, cfg.thin_mm, weight)
+    if cfg.slab_cost > 0 and n > 1:
+        labels = _nearest_seed_in_slab(seeds, sub, costs, spacing, cfg)
+    else:
+        labels = _nearest_seed_within(seeds, sub, costs, spacing)
     labels = _attach_unreached(labels, sub, spacing, cfg.attach_mm)
 
     # Body: what balls of the seed's depth, centred in the seed, fill (a morphological opening).
@@ -273,9 +282,19 @@ def _gap_weight(hu: np.ndarray, spacing: tuple[float, float, float],
     return (1.0 + cfg.gap_cost * np.clip(gap / cfg.gap_hu, 0.0, 1.0)).astype(np.float32)
 
 
-def _nearest_seed_within(seeds: np.ndarray, mask: np.ndarray, depth: np.ndarray,
-                         spacing: tuple[float, float, float], thin_mm: float,
-                         weight: np.ndarray | None = None) -> np.ndarray:
+def _path_costs(mask: np.ndarray, depth: np.ndarray, spacing: tuple[float, float, float],
+                thin_mm: float, weight: np.ndarray | None) -> np.ndarray:
+    """Cost per mm of a path inside the mask (infinite outside)."""
+    costs = np.where(mask, 1.0, np.inf)
+    if thin_mm > 0:  # crossing bone thinner than thin_mm costs more: a joint contact, not a pedicle
+        costs = costs * (thin_mm / np.clip(depth, min(spacing), thin_mm))
+    if weight is not None:  # a joint space the mask fuses costs more to cross
+        costs = costs * weight
+    return costs
+
+
+def _nearest_seed_within(seeds: np.ndarray, mask: np.ndarray, costs: np.ndarray,
+                         spacing: tuple[float, float, float]) -> np.ndarray:
     """Label each mask voxel with the seed nearest to it along paths inside the mask (in mm).
 
     An arch is nearer its own body through the pedicles than a neighbour's body through the
@@ -284,11 +303,6 @@ def _nearest_seed_within(seeds: np.ndarray, mask: np.ndarray, depth: np.ndarray,
     the distances and each voxel's predecessor; following predecessors (pointer jumping, a
     vectorised step per doubling of path length) gives the seed it came from.
     """
-    costs = np.where(mask, 1.0, np.inf)
-    if thin_mm > 0:  # crossing bone thinner than thin_mm costs more: a joint contact, not a pedicle
-        costs = costs * (thin_mm / np.clip(depth, min(spacing), thin_mm))
-    if weight is not None:  # a joint space the mask fuses costs more to cross
-        costs = costs * weight
     mcp = MCP_Geometric(costs, sampling=spacing)
     _, trace = mcp.find_costs(np.argwhere(seeds > 0))
     offsets = np.asarray(mcp.offsets)
@@ -303,6 +317,48 @@ def _nearest_seed_within(seeds: np.ndarray, mask: np.ndarray, depth: np.ndarray,
             break
         pred = nxt
     labels = np.asarray(seeds).ravel()[pred].reshape(mask.shape)
+    return np.where(mask, labels, 0).astype(np.int32)
+
+
+def _nearest_seed_in_slab(seeds: np.ndarray, mask: np.ndarray, costs: np.ndarray,
+                          spacing: tuple[float, float, float], cfg: InstanceConfig) -> np.ndarray:
+    """As :func:`_nearest_seed_within`, each seed's paths paying more outside its own slab.
+
+    Where a network's mask breaks a pedicle and fuses a facet joint, the shortest path into an
+    arch starts at the neighbour's body; the neighbour's path, though, has to run along the
+    column into a slab that is not its own. One minimum-cost search per seed (the penalty
+    depends on the seed), each within the rows of its two neighbours on either side, so the
+    cost grows with the number of vertebrae, not with their square.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    ids = np.array([int(k) for k in np.unique(seeds) if k])
+    cents = np.array(ndimage.center_of_mass(seeds > 0, seeds, ids)).reshape(-1, 3)
+    order = np.argsort(cents[:, 0], kind="stable")
+    ids, cents = ids[order], cents[order]
+    best = np.full(mask.shape, np.inf)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    for j, k in enumerate(ids):
+        z0 = 0 if j < 2 else int(np.floor(cents[j - 2, 0]))
+        z1 = mask.shape[0] if j + 2 >= len(ids) else int(np.ceil(cents[j + 2, 0])) + 1
+        rows = slice(z0, z1)
+        c = cents[j] * sp
+        below = cents[j - 1] * sp if j > 0 else None
+        above = cents[j + 1] * sp if j + 1 < len(ids) else None
+        axis = (above if above is not None else c) - (below if below is not None else c)
+        norm = float(np.linalg.norm(axis))
+        axis = axis / norm if norm > 0 else np.array([1.0, 0.0, 0.0])
+        zz, yy, xx = np.ogrid[rows, :mask.shape[1], :mask.shape[2]]
+        along = ((zz * sp[0] - c[0]) * axis[0] + (yy * sp[1] - c[1]) * axis[1]
+                 + (xx * sp[2] - c[2]) * axis[2])
+        lo = (below - c) @ axis / 2 if below is not None else -np.inf
+        hi = (above - c) @ axis / 2 if above is not None else np.inf
+        outside = np.maximum(np.maximum(lo - along, along - hi), 0.0)
+        local = costs[rows] * (1.0 + cfg.slab_cost * np.clip(outside / cfg.slab_margin_mm, 0, 1))
+        cum, _ = MCP_Geometric(local, sampling=spacing).find_costs(
+            np.argwhere(seeds[rows] == k))
+        win = cum < best[rows]
+        best[rows][win] = cum[win]
+        labels[rows][win] = k
     return np.where(mask, labels, 0).astype(np.int32)
 
 
