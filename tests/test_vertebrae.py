@@ -86,6 +86,31 @@ def test_a_count_across_a_merged_instance_is_not_confident():
     assert max(conf[:2]) < at and min(conf[2:]) >= at
 
 
+def _thin_ribs(col, keep_mm: float = 4.0):
+    """The column's CT with each rib only ``keep_mm`` thick: bone beside a vertebra between the
+    rib and the pelvis amounts (here ~0.7 mL per cm of body height)."""
+    hu = np.asarray(col.ct.array).copy()
+    sy = col.ct.spacing[1]
+    y_mm = np.arange(hu.shape[1]) * sy - 40.0  # make_column's y axis
+    rib = (hu == 600) & (y_mm > 3.0 + keep_mm)[None, :, None]
+    hu[rib] = 40
+    return Volume(hu, col.ct.spacing, col.ct.origin)
+
+
+def test_the_first_rib_needs_ribs_below_it():
+    # Bone beside only the lowest vertebra of a crop is as likely the iliac crests beside L5
+    # (short of the pelvis rule) as T1's ribs: no anchor. With a second rib-bearing vertebra
+    # below, the upper one is T1.
+    col = make_column([(22.0, 22.0)] * 4, rib_levels=(0,))
+    lowest = label_vertebrae(_thin_ribs(col), col.mask)
+    assert not lowest.named
+    assert not lowest.report.anchors
+    col = make_column([(22.0, 22.0)] * 4, rib_levels=(0, 1))
+    two = label_vertebrae(_thin_ribs(col), col.mask)
+    assert [v.name for v in two.vertebrae] == ["T2", "T1", "C7", "C6"]
+    assert [a["kind"] for a in two.report.anchors] == ["first rib"]
+
+
 def test_without_an_anchor_vertebrae_stay_unnamed():
     col = make_column([(26.0, 26.0)] * 3)
     result = label_vertebrae(col.ct, col.mask)

@@ -199,8 +199,10 @@ def name_levels(ct: np.ndarray, mask: np.ndarray, inst: Instances,
     if last_rib is not None:
         anchors.append({"kind": "last rib", "instance": last_rib + 1, "name": "T12",
                         "detail": "lowest rib-bearing vertebra above a rib-free one"})
-    first_rib = next((i for i in range(n - 2, -1, -1) if ribs[i] and not ribs[i + 1]
-                      and not edge[i + 1]), None)
+    # T1 has T2's ribs below it; without them, a lowest vertebra with bone beside it is as
+    # likely L5 between the iliac crests (a lumbar crop just short of the pelvis rule).
+    first_rib = next((i for i in range(n - 2, 0, -1) if ribs[i] and ribs[i - 1]
+                      and not ribs[i + 1] and not edge[i + 1]), None)
     if first_rib is not None and (last_rib is None or first_rib > last_rib):
         anchors.append({"kind": "first rib", "instance": first_rib + 1, "name": "T1",
                         "detail": "highest rib-bearing vertebra below a rib-free one"})
