@@ -3,6 +3,7 @@ variants, interleaved in one process so the machine's load drifts over all of th
 
     python tools/bench_update_variants.py --threads 1 --patch 192 --rounds 4
     python tools/bench_update_variants.py --grid precision --threads 2 --patch 160
+    python tools/bench_update_variants.py --grid compile --threads 2 --patch 192
 
 ``--grid kernels`` (default): memory format (NCHW / channels_last) x how the channel attention pools its
 descriptors (``copy``: mean and max over a contiguous copy, as shipped; ``raw``: straight from
@@ -10,7 +11,9 @@ the feature map; ``adaptive``: torch's adaptive pooling kernels) x whether 1x1 c
 as ``F.conv2d`` or as matrix products (``gemm``; at one thread and batch < 16 torch sends 1x1
 convolutions to its reference kernel, whose backward zero-fills its input gradient).
 ``--grid precision``: memory format x float32 / bfloat16 autocast (the trainer's
-``--precision``), with the attention as shipped. The data
+``--precision``), with the attention as shipped. ``--grid compile``: the float32 default, eager
+bfloat16 NHWC and the same network under ``torch.compile`` (its compile time, paid once before
+the first update, is printed apart). The data
 are random tensors, so only the update is timed; ``tools/profile_training.py`` times the real
 data pipeline. Prints the median seconds per update of each variant and the load average.
 """
@@ -63,7 +66,7 @@ def _pointwise_gemm(conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int, batch: int,
-            bf16: bool) -> Callable[[], float]:
+            bf16: bool, compiled: bool = False) -> Callable[[], float]:
     torch.manual_seed(0)
     net = build_model("msrunet", base_width=16, depth=4, in_channels=3)
     net = net.to(memory_format=fmt)  # type: ignore[call-overload]
@@ -74,6 +77,7 @@ def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int, batch: 
             m.forward = _pointwise_gemm(m)  # type: ignore[method-assign]
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     loss_fn = make_loss("dicebce")
+    forward = torch.compile(net) if compiled else net
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, patch, patch, generator=g).contiguous(memory_format=fmt)
     y = (torch.rand(batch, 1, patch, patch, generator=g) > 0.8).float()
@@ -81,7 +85,7 @@ def _update(fmt: torch.memory_format, pool: str, gemm: bool, patch: int, batch: 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = net(x)
+            logits = forward(x)
         loss = loss_fn(logits.float(), y)
         loss.backward()
         opt.step()
@@ -95,7 +99,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=192)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--grid", choices=("kernels", "precision"), default="kernels")
+    ap.add_argument("--grid", choices=("kernels", "precision", "compile"), default="kernels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     nchw, nhwc = torch.contiguous_format, torch.channels_last
@@ -114,11 +118,20 @@ def main() -> None:
                     "nchw bfloat16": (nchw, "copy", False, True),
                     "nhwc float32": (nhwc, "copy", False, False),
                     "nhwc bfloat16": (nhwc, "copy", False, True)}
-    steps = {k: _update(fmt, pool, gemm, args.patch, args.batch_size, bf16)
+    compiled = {"nhwc bfloat16 compiled"} if args.grid == "compile" else set()
+    if args.grid == "compile":
+        variants = {"nchw float32 (trainer)": (nchw, "copy", False, False),
+                    "nhwc bfloat16": (nhwc, "copy", False, True),
+                    "nhwc bfloat16 compiled": (nhwc, "copy", False, True)}
+    steps = {k: _update(fmt, pool, gemm, args.patch, args.batch_size, bf16, k in compiled)
              for k, (fmt, pool, gemm, bf16) in variants.items()}
-    first = {k: [s(), s()][0] for k, s in steps.items()}  # two warm-up updates each
+    first, warm = {}, {}
+    for k, step in steps.items():  # two warm-up updates each (the first one compiles)
+        t = time.perf_counter()
+        first[k] = [step(), step()][0]
+        warm[k] = time.perf_counter() - t
     # Same weights, same batch: the same first loss (bfloat16 rounds it in the third digit).
-    if max(first.values()) - min(first.values()) > (2e-3 if args.grid == "precision" else 1e-4):
+    if max(first.values()) - min(first.values()) > (1e-4 if args.grid == "kernels" else 2e-3):
         raise SystemExit(f"variants disagree on the first loss: {first}")
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):
@@ -129,7 +142,8 @@ def main() -> None:
     print(f"threads {args.threads}, patch {args.patch}, batch {args.batch_size}, "
           f"load {os.getloadavg()[0]:.2f}")
     for k, v in times.items():
-        print(f"{k:22s} {statistics.median(v):.3f} s  ({' '.join(f'{t:.2f}' for t in v)})")
+        print(f"{k:22s} {statistics.median(v):.3f} s  ({' '.join(f'{t:.2f}' for t in v)})"
+              + (f"  compile + 2 warm-up updates {warm[k]:.0f} s" if k in compiled else ""))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,10 @@ class TrainConfig:
     context_mm: float = 3.0
     amp: bool = True  # float16 mixed precision with loss scaling; only ever used on CUDA
     precision: str = "float32"  # TRAIN_PRECISIONS; "bfloat16" on CUDA replaces ``amp``
+    # Run the training forward and backward through ``torch.compile`` (inductor): fused kernels,
+    # ~1.2x the updates per second on a CPU in bfloat16, after a one-off compile (minutes on
+    # 2 cores; cached on disk for later runs). Validation and the saved weights stay eager.
+    compile: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:

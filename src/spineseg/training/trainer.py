@@ -505,6 +505,9 @@ class _Run:
             if self.dist.enabled:
                 net = DistributedDataParallel(
                     self.model, device_ids=[self.dist.local_rank] if self.cuda else None)
+            # The compiled wrapper shares the parameters; checkpoints and validation use the
+            # eager module, so saved weights and their keys are the same either way.
+            train_net = torch.compile(net) if cfg.compile else net
             stopped_early = False
             for epoch in range(state.epoch, cfg.epochs):
                 self._check_stop()
@@ -514,7 +517,7 @@ class _Run:
                 _seed_everything(_epoch_seed(cfg.seed, epoch, self.dist.rank))
                 t0 = time.perf_counter()
                 lr = float(self.optimizer.param_groups[0]["lr"])
-                train_loss = self._train_epoch(net, epoch)
+                train_loss = self._train_epoch(train_net, epoch)
                 val_loss, val_dice = self._validate(self.model)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val_loss)
