@@ -276,6 +276,9 @@ def main() -> None:
                          "fresh optimiser (the final run: from run_final<SUFFIX>, else with "
                          "--from-shipped the shipped file); the other flags must be those that "
                          "made SUFFIX. Runs, logs and results get SUFFIX_cont")
+    ap.add_argument("--runs", metavar="SUFFIX",
+                    help="score and render runs run_<fold>SUFFIX made elsewhere (e.g. by "
+                         "tools/weight_soup.py --name SUFFIX) instead of a variant's own")
     args = ap.parse_args()
     if not args.whole_body_weight > 0:
         ap.error("--whole-body-weight must be > 0")
@@ -288,6 +291,10 @@ def main() -> None:
             ap.error(f"--continue-from {args.continue_from}: the other flags make runs "
                      f"{variant or '(none)'}; pass those that made {args.continue_from}")
         variant = args.continue_from + "_cont"
+    if args.runs is not None:
+        if "train" in args.steps.split(","):
+            ap.error("--runs scores runs trained elsewhere; leave train out of --steps")
+        variant = args.runs
     folds = args.folds.split(",")
     unknown = [f for f in folds if f not in FOLDS and f != FINAL]
     if unknown:
