@@ -165,3 +165,20 @@ def test_a_continuation_must_repeat_the_settings_of_the_runs_it_continues(tmp_pa
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "the other flags make runs (none); pass those that made _ship" in proc.stderr
+
+
+def test_runs_made_elsewhere_are_scored_not_trained(tmp_path):
+    import subprocess
+
+    tool = Path(crossval.__file__)
+    proc = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path),
+                           "--runs", "_mix", "--steps", "train,score"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--runs scores runs trained elsewhere" in proc.stderr
+    # Render reads the named runs' results, not a variant's own.
+    (tmp_path / "crossval_mix.json").write_text('{"rows": []}', "utf-8")
+    proc = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path),
+                           "--runs", "_mix", "--steps", "render"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "crossval_mix.md").is_file()
