@@ -347,6 +347,8 @@ def test_cli_train_precision_flag_reaches_the_config(dataset, tmp_path) -> None:
     assert TrainConfig.field_defaults()["precision"] == "float32"
 
 
+@pytest.mark.skipif(trainer_mod.compile_unavailable() is not None,
+                    reason=f"torch.compile: {trainer_mod.compile_unavailable()}")
 def test_compiled_training_saves_eager_weights_that_match_eager_training(dataset, tmp_path):
     cfg = dict(model="unet", model_config={"base_width": 4, "depth": 2}, loss="dicebce",
                epochs=2, max_steps_per_epoch=2, augment=False)
@@ -360,3 +362,11 @@ def test_compiled_training_saves_eager_weights_that_match_eager_training(dataset
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
     assert compiled.history[-1]["train_loss"] == pytest.approx(eager.history[-1]["train_loss"],
                                                                 rel=1e-3)
+
+
+def test_compile_without_a_toolchain_is_refused_before_training(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "compile_unavailable", lambda: "no C++ compiler")
+    with pytest.raises(InputError, match="--compile needs a C\\+\\+ toolchain: no C\\+\\+ compiler"):
+        train(tiny_config(dataset, tmp_path / "run", model="unet",
+                          model_config={"base_width": 4, "depth": 2}, compile=True))
+    assert not (tmp_path / "run").exists()  # nothing written

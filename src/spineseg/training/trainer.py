@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -123,6 +124,23 @@ def autocast_dtype(device: torch.device, precision: str, amp: bool) -> torch.dty
         return torch.bfloat16
     if amp and device.type == "cuda":
         return torch.float16
+    return None
+
+
+def compile_unavailable() -> str | None:
+    """Why ``torch.compile`` cannot build CPU kernels here, or None when it can.
+
+    Inductor writes C++ and builds it against the Python headers at the first update; without a
+    compiler or headers that fails deep inside the first epoch, so the trainer asks first.
+    """
+    import shutil
+    import sysconfig
+
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "no C++ compiler (g++, c++, clang++ or $CXX) on PATH"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return "no Python development headers (Python.h)"
     return None
 
 
@@ -487,6 +505,8 @@ class _Run:
 
     def run(self) -> TrainResult:
         cfg = self.config
+        if cfg.compile and self.device.type == "cpu" and (why := compile_unavailable()):
+            raise InputError(f"--compile needs a C++ toolchain: {why}; train without it")
         self.dist = setup_distributed(self.device.type)
         try:
             if self.dist.enabled and self.cuda:
