@@ -61,8 +61,8 @@ class InstanceConfig:
     gap_hu: float = 200.0
     gap_cost: float = 30.0
     #: Each vertebra's slab runs between the planes halfway to its neighbours' cores, normal to
-    #: the column; a path costs up to ``1 + slab_cost`` times more per mm where it lies more than
-    #: ``slab_margin_mm`` outside the slab of the core it comes from (0 = off).
+    #: the column; outside the slab of the core it comes from, a path costs more per mm, rising
+    #: linearly to ``1 + slab_cost`` times at ``slab_margin_mm`` outside (0 = off).
     slab_cost: float = 10.0
     slab_margin_mm: float = 5.0
 
