@@ -8,6 +8,7 @@ instead, so CI can never go green without the real-data checks.
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -70,6 +71,19 @@ def shared_data() -> Path:
 def _quiet_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     # Keep tests predictable on 2-core machines.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture(autouse=True)
+def _locale_left_alone():
+    # ITK/GDCM writers set the process locale to "C"; a test (or library call) that lets one do
+    # so makes every later open() decode ASCII, and the failure shows up in an unrelated test.
+    before = locale.setlocale(locale.LC_ALL, None)
+    yield
+    after = locale.setlocale(locale.LC_ALL, None)
+    if after != before:
+        locale.setlocale(locale.LC_ALL, before)
+        pytest.fail(f"the test changed the process locale ({before!r} -> {after!r}); wrap "
+                    "direct SimpleITK writes in spineseg.io.itk_common.preserve_locale()")
 
 
 def write_tiny_model(path: Path, seed: int = 0) -> Path:

@@ -18,6 +18,7 @@ from spineseg.io import (
     resample_to,
     write_dicom_series,
 )
+from spineseg.io.itk_common import preserve_locale
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,12 @@ def _write_slices(folder, slices, uid="2.25.1"):
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    with preserve_locale():  # GDCM's writer sets the process locale to "C"
+        _write_each(writer, folder, slices, uid)
+    return folder
+
+
+def _write_each(writer, folder, slices, uid) -> None:
     for k, (arr, z, sp) in enumerate(slices):
         img = sitk.GetImageFromArray(arr.astype(np.int16))
         img.SetSpacing((sp, sp))
@@ -145,7 +152,6 @@ def _write_slices(folder, slices, uid="2.25.1"):
             img.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{k}.dcm"))
         writer.Execute(img)
-    return folder
 
 
 def test_mixed_slice_sizes_are_refused(tmp_path):

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from spineseg.cli.main import main
 from spineseg.io import Volume, write_dicom_series, write_image
+from spineseg.io.itk_common import preserve_locale
 from synthetic_ct import ct_volume
 
 INPUT, OUTPUT, MODEL, DATA, RESOURCE, PARTIAL = 3, 4, 5, 6, 7, 8
@@ -115,7 +116,8 @@ def _dicom_slices(folder: Path, sizes: list[int], zs: list[float]) -> Path:
                            "0020|0013": str(k + 1)}.items():
             img.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"im{k}.dcm"))
-        writer.Execute(img)
+        with preserve_locale():  # GDCM's writer sets the process locale to "C"
+            writer.Execute(img)
     return folder
 
 

@@ -22,6 +22,7 @@ from spineseg.cli.main import main
 from spineseg.data.prepare import PrepareConfig, prepare_dataset, split_patients
 from spineseg.errors import DataError, InputError, PartialFailure
 from spineseg.io import Volume, read_image, write_dicom_series, write_image
+from spineseg.io.itk_common import preserve_locale
 from synthetic_ct import ct_volume
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "spineseg"
@@ -94,7 +95,8 @@ def _write_slices(folder: Path, zs: list[float], *, uid: str = "2.25.11", modali
             img.SetMetaData(key, value)
         files.append(folder / f"{prefix}{k:03d}.dcm")
         writer.SetFileName(str(files[-1]))
-        writer.Execute(img)
+        with preserve_locale():  # GDCM's writer sets the process locale to "C"
+            writer.Execute(img)
     return files
 
 
