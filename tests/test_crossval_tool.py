@@ -4,6 +4,7 @@ means and SDs are over patients, overall and per kind of scan."""
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -156,29 +157,24 @@ def test_a_continuation_starts_each_fold_from_its_own_run(tmp_path):
         crossval.continuation_bases(tmp_path, ["final"], "_ship", None)
 
 
-def test_a_continuation_must_repeat_the_settings_of_the_runs_it_continues(tmp_path):
-    import subprocess
+def _run_tool(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """tools/crossval.py as a user runs it, on an empty shared-data and work folder."""
+    return subprocess.run([sys.executable, str(Path(crossval.__file__)), str(work), str(work),
+                           *args], capture_output=True, text=True)
 
-    tool = Path(crossval.__file__)
-    proc = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path),
-                           "--continue-from", "_ship", "--steps", "train"],
-                          capture_output=True, text=True)
+
+def test_a_continuation_must_repeat_the_settings_of_the_runs_it_continues(tmp_path):
+    proc = _run_tool(tmp_path, "--continue-from", "_ship", "--steps", "train")
     assert proc.returncode == 2
     assert "the other flags make runs (none); pass those that made _ship" in proc.stderr
 
 
 def test_runs_made_elsewhere_are_scored_not_trained(tmp_path):
-    import subprocess
-
-    tool = Path(crossval.__file__)
-    proc = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path),
-                           "--runs", "_mix", "--steps", "train,score"],
-                          capture_output=True, text=True)
+    proc = _run_tool(tmp_path, "--runs", "_mix", "--steps", "train,score")
     assert proc.returncode == 2
     assert "--runs scores runs trained elsewhere" in proc.stderr
     # Render reads the named runs' results, not a variant's own.
     (tmp_path / "crossval_mix.json").write_text('{"rows": []}', "utf-8")
-    proc = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path),
-                           "--runs", "_mix", "--steps", "render"], capture_output=True, text=True)
+    proc = _run_tool(tmp_path, "--runs", "_mix", "--steps", "render")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "crossval_mix.md").is_file()

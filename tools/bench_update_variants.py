@@ -118,8 +118,9 @@ def main() -> None:
                     "nchw bfloat16": (nchw, "copy", False, True),
                     "nhwc float32": (nhwc, "copy", False, False),
                     "nhwc bfloat16": (nhwc, "copy", False, True)}
-    compiled = {"nhwc bfloat16 compiled"} if args.grid == "compile" else set()
+    compiled: set[str] = set()
     if args.grid == "compile":
+        compiled = {"nhwc bfloat16 compiled"}
         variants = {"nchw float32 (trainer)": (nchw, "copy", False, False),
                     "nhwc bfloat16": (nhwc, "copy", False, True),
                     "nhwc bfloat16 compiled": (nhwc, "copy", False, True)}

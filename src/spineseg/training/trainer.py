@@ -27,6 +27,8 @@ import json
 import math
 import os
 import random
+import shutil
+import sysconfig
 import threading
 import time
 from dataclasses import dataclass, field
@@ -133,9 +135,6 @@ def compile_unavailable() -> str | None:
     Inductor writes C++ and builds it against the Python headers at the first update; without a
     compiler or headers that fails deep inside the first epoch, so the trainer asks first.
     """
-    import shutil
-    import sysconfig
-
     compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
     if not any(c and shutil.which(c) for c in compilers):
         return "no C++ compiler (g++, c++, clang++ or $CXX) on PATH"
